@@ -1,0 +1,77 @@
+"""The small protocol every backend implements.
+
+A backend receives arrays that the API layer has already validated: time-major
+``x (T, B, I)``, ``h0``/``c0`` ``(B, H)`` (``c0`` only for LSTM, else None), params of the
+shapes in :mod:`fastrnn.cells`, all contiguous, of one float dtype, on the backend's
+device; ``lengths`` is None (every sequence runs all T steps) or an int64 ``(B,)`` array
+with values in 1..T of which at least one is below T. It returns arrays of the same kind
+and never validates user input itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from ..cells import CellSpec
+
+
+@dataclass
+class ForwardOut:
+    """What a backend's forward returns.
+
+    h: (T, B, H) outputs, zero at padded positions. h_n: (B, H). c_n: (B, H) or None.
+    saved: backend-private state that its backward needs; None when not training.
+    """
+
+    h: Any
+    h_n: Any
+    c_n: Any
+    saved: Any
+
+
+@dataclass
+class BackwardOut:
+    """Gradients: dx (T, B, I), dh0 (B, H), dc0 (B, H) or None, params name -> array."""
+
+    dx: Any
+    dh0: Any
+    dc0: Any
+    params: dict
+
+
+class Backend:
+    """Base class. Subclasses set ``name`` and ``xp`` (their array module) and implement
+    :meth:`forward` and :meth:`backward`; the readout is shared array code in
+    :mod:`fastrnn.backends.numpy_ref` that a backend may override."""
+
+    name: str = "?"
+    xp: Any = None
+    dtypes: tuple[str, ...] = ("float32", "float64")
+
+    @classmethod
+    def unavailable_reason(cls) -> str | None:
+        """None if this backend can run here, else a sentence saying why it cannot."""
+        return None
+
+    def owns(self, array) -> bool:
+        """True if ``array`` lives where this backend computes (its array type)."""
+        return isinstance(array, self.xp.ndarray)
+
+    def forward(self, cell: CellSpec, x, params: Mapping[str, Any], h0, c0, lengths,
+                reverse: bool, training: bool) -> ForwardOut:
+        raise NotImplementedError
+
+    def backward(self, cell: CellSpec, saved, x, params: Mapping[str, Any], h0, c0,
+                 lengths, reverse: bool, dh, dh_n, dc_n) -> BackwardOut:
+        """Gradients of all inputs given the upstream gradients.
+
+        dh (T, B, H) or None, dh_n (B, H) or None, dc_n (B, H) or None (LSTM only).
+        """
+        raise NotImplementedError
+
+    def readout(self, h2, Wy, by, activation: str):
+        raise NotImplementedError
+
+    def readout_backward(self, h2, Wy, y2, activation: str, dy2):
+        raise NotImplementedError

@@ -1,0 +1,104 @@
+"""Input checks of the public API: every error names the argument, what was expected and what came.
+
+These run before any backend sees an array. They also bring inputs into the canonical form
+backends receive (time-major, batched, contiguous, one dtype) without ever writing to a
+user's array.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+from .cells import CellSpec
+
+
+def describe(a) -> str:
+    """Short description of an argument for error messages."""
+    shape = getattr(a, "shape", None)
+    dtype = getattr(a, "dtype", None)
+    if shape is not None and dtype is not None:
+        return f"{type(a).__name__} of shape {tuple(shape)} and dtype {dtype}"
+    return type(a).__name__
+
+
+def as_array(xp, name: str, a):
+    """``a`` as an array of module ``xp``; lists become arrays, foreign array types are refused."""
+    if isinstance(a, xp.ndarray):
+        return a
+    if hasattr(a, "__cuda_array_interface__") or type(a).__module__.split(".")[0] in ("cupy", "torch"):
+        raise TypeError(f"{name}: expected a {xp.__name__}.ndarray for this backend, got "
+                        f"{describe(a)}")
+    try:
+        return xp.asarray(a)
+    except Exception as exc:  # noqa: BLE001 - any conversion failure is the user's input
+        raise TypeError(f"{name}: expected an array, got {describe(a)} ({exc})") from None
+
+
+def check_float(name: str, a, allowed_dtypes) -> None:
+    if a.dtype.name not in allowed_dtypes:
+        raise TypeError(f"{name}: expected a floating dtype ({', '.join(allowed_dtypes)}), "
+                        f"got {a.dtype}")
+
+
+def check_same_dtype(name: str, a, dtype) -> None:
+    if a.dtype != dtype:
+        raise TypeError(f"{name}: expected dtype {dtype} (the dtype of x), got {a.dtype}; "
+                        f"mixed dtypes are not converted silently")
+
+
+def check_shape(name: str, a, expected: tuple, hint: str = "") -> None:
+    if tuple(a.shape) != tuple(expected):
+        extra = f" ({hint})" if hint else ""
+        raise ValueError(f"{name}: expected shape {tuple(expected)}{extra}, got {tuple(a.shape)}")
+
+
+def check_params(xp, cell: CellSpec, params, input_size: int, allowed_dtypes):
+    """Validated params dict (name -> array) and the hidden size H read off U."""
+    if not isinstance(params, Mapping):
+        raise TypeError(f"params: expected a mapping of parameter name to array "
+                        f"({', '.join(cell.param_names)}), got {type(params).__name__}")
+    missing = [k for k in cell.param_names if k not in params]
+    if missing:
+        raise ValueError(f"params: cell {cell.name!r} needs {', '.join(cell.param_names)}; "
+                         f"missing {', '.join(missing)}")
+    extra = [k for k in params if k not in cell.param_names]
+    if extra:
+        raise ValueError(f"params: unexpected parameter(s) {', '.join(map(repr, extra))} for "
+                         f"cell {cell.name!r}, which takes {', '.join(cell.param_names)}")
+    out = {k: as_array(xp, f"params[{k!r}]", params[k]) for k in cell.param_names}
+    U = out["U"]
+    if U.ndim != 2 or U.shape[0] < 1:
+        raise ValueError(f"params['U']: expected a 2-d array (H, {cell.num_gates}*H), "
+                         f"got shape {tuple(U.shape)}")
+    H = U.shape[0]
+    for k, shape in cell.param_shapes(input_size, H).items():
+        check_shape(f"params[{k!r}]", out[k], shape,
+                    f"cell {cell.name!r} with input size {input_size} and hidden size {H}")
+    dtype = out["W"].dtype
+    for k, a in out.items():
+        check_float(f"params[{k!r}]", a, allowed_dtypes)
+        check_same_dtype(f"params[{k!r}]", a, dtype)
+    return out, H
+
+
+def check_lengths(lengths, T: int, B: int):
+    """None (all sequences full length) or an int64 NumPy array (B,) with values in 1..T."""
+    if lengths is None:
+        return None
+    if hasattr(lengths, "get") and type(lengths).__module__.split(".")[0] == "cupy":
+        lengths = lengths.get()
+    arr = np.asarray(lengths)
+    if arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
+        raise TypeError(f"lengths: expected integers, got {describe(arr)}")
+    if arr.ndim != 1 or arr.shape[0] != B:
+        raise ValueError(f"lengths: expected shape ({B},) (one length per sequence of the batch), "
+                         f"got {tuple(arr.shape)}")
+    if B and (arr.min() < 1 or arr.max() > T):
+        bad = arr[(arr < 1) | (arr > T)]
+        raise ValueError(f"lengths: expected values in 1..{T} (T), got {bad[:5].tolist()}")
+    arr = arr.astype(np.int64)
+    if B == 0 or (arr == T).all():
+        return None
+    return arr
