@@ -1,0 +1,81 @@
+"""Shared fixtures: the backends under test and random problems.
+
+``backend`` runs a test on every backend that is not the reference. numba is a hard
+dependency, so a numba that cannot run fails loudly; cupy is skipped, with the reason,
+where no GPU or CuPy is present.
+"""
+
+import numpy as np
+import pytest
+
+import fastrnn
+from fastrnn.backends import BackendUnavailableError, get_backend
+
+FAST_BACKENDS = ["numba", "cupy"]
+OPTIONAL_BACKENDS = {"cupy"}
+
+
+def require_backend(name):
+    try:
+        return get_backend(name)
+    except BackendUnavailableError as exc:
+        if name in OPTIONAL_BACKENDS:
+            pytest.skip(str(exc))
+        raise
+
+
+@pytest.fixture(params=FAST_BACKENDS)
+def backend(request):
+    """Name of a fast backend to compare against the reference."""
+    require_backend(request.param)
+    return request.param
+
+
+@pytest.fixture
+def rng(request):
+    """A generator seeded from the test's name: fresh inputs per test, reproducible per run."""
+    import zlib
+    return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
+
+
+def make_problem(rng, cell, T, B, I, H, dtype="float64", lengths=False, states=False):
+    """Random inputs for one forward call: (x (T,B,I), params, h0, c0, lengths)."""
+    spec = fastrnn.get_cell(cell)
+    params = {k: (rng.uniform(-1, 1, s) / np.sqrt(H)).astype(dtype)
+              for k, s in spec.param_shapes(I, H).items()}
+    x = rng.standard_normal((T, B, I)).astype(dtype)
+    h0 = rng.standard_normal((B, H)).astype(dtype) * 0.5 if states else None
+    c0 = (rng.standard_normal((B, H)).astype(dtype) * 0.5
+          if states and spec.has_cell_state else None)
+    lens = rng.integers(1, T + 1, size=B) if lengths else None
+    if lengths and B > 1:
+        lens[0] = T          # the longest sequence is full length, as in a padded batch
+    return x, params, h0, c0, lens
+
+
+# ---------------------------------------------------------------- appended helpers
+
+ALL_BACKENDS = ["numpy"] + FAST_BACKENDS
+
+
+@pytest.fixture(params=ALL_BACKENDS)
+def any_backend(request):
+    """Name of every backend, the reference included: for properties every backend must have."""
+    require_backend(request.param)
+    return request.param
+
+
+def make_upstream(rng, cell, T, B, H, dtype="float64"):
+    """Random upstream gradients (dh (T,B,H), dh_n (B,H), dc_n (B,H) or None) for one forward."""
+    spec = fastrnn.get_cell(cell)
+    dh = rng.standard_normal((T, B, H)).astype(dtype)
+    dh_n = rng.standard_normal((B, H)).astype(dtype)
+    dc_n = rng.standard_normal((B, H)).astype(dtype) if spec.has_cell_state else None
+    return dh, dh_n, dc_n
+
+
+def run_both(cell, x, params, h0, c0, lengths, reverse, dh, dh_n, dc_n, backend, **kwargs):
+    """Forward then backward on ``backend``: (ForwardResult, Gradients)."""
+    res = fastrnn.forward(cell, x, params, h0, c0, lengths=lengths, reverse=reverse,
+                          backend=backend, **kwargs)
+    return res, fastrnn.backward(res.tape, dh, dh_n, dc_n)
