@@ -79,3 +79,21 @@ def run_both(cell, x, params, h0, c0, lengths, reverse, dh, dh_n, dc_n, backend,
     res = fastrnn.forward(cell, x, params, h0, c0, lengths=lengths, reverse=reverse,
                           backend=backend, **kwargs)
     return res, fastrnn.backward(res.tape, dh, dh_n, dc_n)
+
+
+# Worst relative errors measured by the comparison tests, by kind; printed at the end of
+# the run (terminal summary) so closing notes can quote them.
+WORST_ERRORS: dict[str, float] = {}
+
+
+def record_error(kind: str, err: float) -> float:
+    """Keep the largest relative error seen for ``kind``; returns ``err``."""
+    WORST_ERRORS[kind] = max(WORST_ERRORS.get(kind, 0.0), float(err))
+    return err
+
+
+def pytest_terminal_summary(terminalreporter):
+    if WORST_ERRORS:
+        terminalreporter.section("worst relative errors measured")
+        for kind, err in sorted(WORST_ERRORS.items()):
+            terminalreporter.write_line(f"{kind:<50s} {err:.3e}")

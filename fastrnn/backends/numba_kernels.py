@@ -16,17 +16,60 @@ from __future__ import annotations
 
 import math
 
-from numba import njit
+import numpy as np
+from numba import njit, types
+from numba.extending import overload
 
 from ._blas import NO_TRANS, gemm_call
 
 JIT = dict(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
 
 
-@njit(inline="always", **JIT)
+# tanh(x) ~ x * P(u) / Q(u), u = (x/9)^2, on [-9, 9] (beyond, float32 tanh is +-1): a
+# rational fit made for fastrnn (weighted least squares on Chebyshev nodes, relative
+# error <= 4e-7 in float32, 3 ulp). Branch-free, so the pointwise loops vectorise.
+_TANH_P = (0.9999999925831681, 10.841865902079677, 22.96481262501568, 10.990002704320672,
+           0.5786490968103096)
+_TANH_Q = (1.0, 37.84185605581832, 169.89624115496613, 175.00069817880876, 33.6391813049622)
+
+
+def tanh_(x):
+    """tanh; in compiled float32 code the rational approximation above, else math.tanh."""
+    return math.tanh(x)
+
+
 def sigm(x):
-    """Logistic function without overflow: tanh saturates instead of exp overflowing."""
+    """Logistic function without overflow: 0.5 + 0.5 * tanh(x / 2), as tanh saturates."""
     return 0.5 + 0.5 * math.tanh(0.5 * x)
+
+
+@overload(tanh_)
+def _tanh_impl(x):
+    if isinstance(x, types.Float) and x.bitwidth == 32:
+        f = np.float32
+        p0, p1, p2, p3, p4 = (f(c) for c in _TANH_P)
+        q0, q1, q2, q3, q4 = (f(c) for c in _TANH_Q)
+        lim, inv_lim, one = f(9.0), f(1.0 / 9.0), f(1.0)
+
+        def impl(x):
+            # comparisons written so that a NaN passes through every select
+            xc = lim if x > lim else x
+            xc = -lim if xc < -lim else xc
+            v = xc * inv_lim
+            u = v * v
+            num = (((p4 * u + p3) * u + p2) * u + p1) * u + p0
+            den = (((q4 * u + q3) * u + q2) * u + q1) * u + q0
+            r = xc * num / den
+            r = one if r > one else r
+            return -one if r < -one else r
+        return impl
+    return lambda x: math.tanh(x)
+
+
+@overload(sigm)
+def _sigm_impl(x):
+    half = np.float32(0.5) if isinstance(x, types.Float) and x.bitwidth == 32 else 0.5
+    return lambda x: half + half * tanh_(half * x)
 
 
 @njit(**JIT)
@@ -80,6 +123,8 @@ def gather_rows(src, s, lengths, reverse, ws):
 def rnn_forward(xp, U, bias, relu, h, lengths, reverse, out, hprev, training, acc, fn, use_blas):
     """Matches numpy_ref.rnn_step over all steps. h (B, H) holds h0 and ends as h_n."""
     T, B, H = out.shape
+    one = out.dtype.type(1)
+    zero = one - one
     for s in range(T):
         mm(fn, use_blas, h, U, acc, 0)
         for b in range(B):
@@ -88,7 +133,7 @@ def rnn_forward(xp, U, bias, relu, h, lengths, reverse, out, hprev, training, ac
             t = time_of(s, b, lengths, reverse)
             for j in range(H):
                 a = xp[t, b, j] + acc[b, j] + bias[j]
-                hn = (a if (a > 0 or a != a) else 0.0) if relu else math.tanh(a)
+                hn = (a if (a > 0 or a != a) else zero) if relu else tanh_(a)
                 if training:
                     hprev[t, b, j] = h[b, j]
                 h[b, j] = hn
@@ -100,6 +145,8 @@ def rnn_backward(out, hprev, UT, relu, lengths, reverse, simple, dh, has_dh, dh_
                  fn, use_blas):
     """Matches numpy_ref.rnn_step_backward over all steps; fills dG (T, B, H) = dL/da."""
     T, B, H = out.shape
+    one = out.dtype.type(1)
+    zero = one - one
     for s in range(T - 1, -1, -1):
         for b in range(B):
             if s >= lengths[b]:
@@ -110,7 +157,7 @@ def rnn_backward(out, hprev, UT, relu, lengths, reverse, simple, dh, has_dh, dh_
                 if has_dh:
                     g += dh[t, b, j]
                 hn = out[t, b, j]
-                dG[t, b, j] = g * (hn > 0) if relu else g * (1 - hn * hn)
+                dG[t, b, j] = (g if hn > 0 else zero) if relu else g * (one - hn * hn)
                 dh_carry[b, j] = 0
         if simple:
             mm(fn, use_blas, dG[s], UT, dh_carry, 0)
@@ -127,6 +174,7 @@ def lstm_forward(xp, U, bias, h, c, lengths, reverse, out, hprev, gates, cprev, 
     """Matches numpy_ref.lstm_step over all steps. h, c (B, H) hold h0, c0 and end as h_n, c_n.
 
     Tape per (t, b): gates i, f, g, o (4H), c_prev, tanh(c_new) and h_prev (H each).
+    Each pass below is a short loop over few arrays so that LLVM vectorises it.
     """
     T, B, H = out.shape
     for s in range(T):
@@ -135,26 +183,37 @@ def lstm_forward(xp, U, bias, h, c, lengths, reverse, out, hprev, gates, cprev, 
             if s >= lengths[b]:
                 continue
             t = time_of(s, b, lengths, reverse)
+            a = acc[b]
+            x_t = xp[t, b]
             for j in range(H):
-                i = sigm(xp[t, b, j] + acc[b, j] + bias[j])
-                f = sigm(xp[t, b, H + j] + acc[b, H + j] + bias[H + j])
-                g = math.tanh(xp[t, b, 2 * H + j] + acc[b, 2 * H + j] + bias[2 * H + j])
-                o = sigm(xp[t, b, 3 * H + j] + acc[b, 3 * H + j] + bias[3 * H + j])
-                cp = c[b, j]
-                cn = f * cp + i * g
-                tc = math.tanh(cn)
-                hn = o * tc
-                if training:
-                    gates[t, b, j] = i
-                    gates[t, b, H + j] = f
-                    gates[t, b, 2 * H + j] = g
-                    gates[t, b, 3 * H + j] = o
-                    cprev[t, b, j] = cp
-                    tanhc[t, b, j] = tc
-                    hprev[t, b, j] = h[b, j]
-                c[b, j] = cn
-                h[b, j] = hn
-                out[t, b, j] = hn
+                a[j] = sigm(x_t[j] + a[j] + bias[j])
+            for j in range(H, 2 * H):
+                a[j] = sigm(x_t[j] + a[j] + bias[j])
+            for j in range(2 * H, 3 * H):
+                a[j] = tanh_(x_t[j] + a[j] + bias[j])
+            for j in range(3 * H, 4 * H):
+                a[j] = sigm(x_t[j] + a[j] + bias[j])
+            c_b = c[b]
+            h_b = h[b]
+            if training:
+                g_t = gates[t, b]
+                for j in range(4 * H):
+                    g_t[j] = a[j]
+                cp_t = cprev[t, b]
+                hp_t = hprev[t, b]
+                for j in range(H):
+                    cp_t[j] = c_b[j]
+                    hp_t[j] = h_b[j]
+            for j in range(H):
+                c_b[j] = a[H + j] * c_b[j] + a[j] * a[2 * H + j]
+            tc_b = tanhc[t, b] if training else a[2 * H:3 * H]
+            for j in range(H):
+                tc_b[j] = tanh_(c_b[j])
+            o_b = out[t, b]
+            for j in range(H):
+                hn = a[3 * H + j] * tc_b[j]
+                h_b[j] = hn
+                o_b[j] = hn
 
 
 @njit(**JIT)
@@ -162,6 +221,8 @@ def lstm_backward(gates, cprev, tanhc, UT, lengths, reverse, simple, dh, has_dh,
                   dc_carry, dG, ws, fn, use_blas):
     """Matches numpy_ref.lstm_step_backward over all steps; fills dG (T, B, 4H)."""
     T, B, H = cprev.shape
+    one = cprev.dtype.type(1)
+    zero = one - one
     for s in range(T - 1, -1, -1):
         for b in range(B):
             if s >= lengths[b]:
@@ -176,11 +237,11 @@ def lstm_backward(gates, cprev, tanhc, UT, lengths, reverse, simple, dh, has_dh,
                 g = gates[t, b, 2 * H + j]
                 o = gates[t, b, 3 * H + j]
                 tc = tanhc[t, b, j]
-                dc = dc_carry[b, j] + dhn * o * (1 - tc * tc)
-                dG[t, b, j] = dc * g * i * (1 - i)
-                dG[t, b, H + j] = dc * cprev[t, b, j] * f * (1 - f)
-                dG[t, b, 2 * H + j] = dc * i * (1 - g * g)
-                dG[t, b, 3 * H + j] = dhn * tc * o * (1 - o)
+                dc = dc_carry[b, j] + dhn * o * (one - tc * tc)
+                dG[t, b, j] = dc * g * i * (one - i)
+                dG[t, b, H + j] = dc * cprev[t, b, j] * f * (one - f)
+                dG[t, b, 2 * H + j] = dc * i * (one - g * g)
+                dG[t, b, 3 * H + j] = dhn * tc * o * (one - o)
                 dc_carry[b, j] = dc * f
                 dh_carry[b, j] = 0
         if simple:
@@ -200,6 +261,8 @@ def gru_forward(xp, U, bias, bn, h, lengths, reverse, out, hprev, gates, trainin
     Tape per (t, b): r, z, n and hn = h @ U_n + bn (4H), h_prev (H).
     """
     T, B, H = out.shape
+    one = out.dtype.type(1)
+    zero = one - one
     for s in range(T):
         mm(fn, use_blas, h, U, acc, 0)
         for b in range(B):
@@ -210,9 +273,9 @@ def gru_forward(xp, U, bias, bn, h, lengths, reverse, out, hprev, gates, trainin
                 r = sigm(xp[t, b, j] + acc[b, j] + bias[j])
                 z = sigm(xp[t, b, H + j] + acc[b, H + j] + bias[H + j])
                 hn = acc[b, 2 * H + j] + bn[j]
-                n = math.tanh(xp[t, b, 2 * H + j] + bias[2 * H + j] + r * hn)
+                n = tanh_(xp[t, b, 2 * H + j] + bias[2 * H + j] + r * hn)
                 hp = h[b, j]
-                hnew = (1 - z) * n + z * hp
+                hnew = (one - z) * n + z * hp
                 if training:
                     gates[t, b, j] = r
                     gates[t, b, H + j] = z
@@ -229,6 +292,8 @@ def gru_backward(gates, hprev, UT, lengths, reverse, dh, has_dh, dh_carry, dGx, 
     """Matches numpy_ref.gru_step_backward for 'gru'. Fills dGx (T, B, 3H) = dL/d(xW + b)
     and dhn_all (T, B, H) = dL/d(h @ U_n + bn)."""
     T, B, H = hprev.shape
+    one = hprev.dtype.type(1)
+    zero = one - one
     for s in range(T - 1, -1, -1):
         for b in range(B):
             if s >= lengths[b]:
@@ -244,9 +309,9 @@ def gru_backward(gates, hprev, UT, lengths, reverse, dh, has_dh, dh_carry, dGx, 
                 z = gates[t, b, H + j]
                 n = gates[t, b, 2 * H + j]
                 hn = gates[t, b, 3 * H + j]
-                dan = g * (1 - z) * (1 - n * n)
-                dar = dan * hn * r * (1 - r)
-                daz = g * (hprev[t, b, j] - n) * z * (1 - z)
+                dan = g * (one - z) * (one - n * n)
+                dar = dan * hn * r * (one - r)
+                daz = g * (hprev[t, b, j] - n) * z * (one - z)
                 dhn = dan * r
                 dGx[t, b, j] = dar
                 dGx[t, b, H + j] = daz
@@ -267,6 +332,8 @@ def gru_rb_forward(xp, U_rz, U_n, bias, h, lengths, reverse, out, hprev, gates, 
     Tape per (t, b): r, z, n (3H), h_prev (H). acc (B, 2H), rh and acc_n (B, H) are workspace.
     """
     T, B, H = out.shape
+    one = out.dtype.type(1)
+    zero = one - one
     for s in range(T):
         mm(fn, use_blas, h, U_rz, acc, 0)
         for b in range(B):
@@ -287,9 +354,9 @@ def gru_rb_forward(xp, U_rz, U_n, bias, h, lengths, reverse, out, hprev, gates, 
             for j in range(H):
                 r = acc[b, j]
                 z = sigm(xp[t, b, H + j] + acc[b, H + j] + bias[H + j])
-                n = math.tanh(xp[t, b, 2 * H + j] + bias[2 * H + j] + acc_n[b, j])
+                n = tanh_(xp[t, b, 2 * H + j] + bias[2 * H + j] + acc_n[b, j])
                 hp = h[b, j]
-                hnew = (1 - z) * n + z * hp
+                hnew = (one - z) * n + z * hp
                 if training:
                     gates[t, b, j] = r
                     gates[t, b, H + j] = z
@@ -305,6 +372,8 @@ def gru_rb_backward(gates, hprev, UT_rz, UT_n, lengths, reverse, dh, has_dh, dh_
     """Matches numpy_ref.gru_step_backward for 'gru_reset_before'. Fills dGx (T, B, 3H) and
     rh_all (T, B, H) = r * h_prev (the input of U_n, for dU)."""
     T, B, H = hprev.shape
+    one = hprev.dtype.type(1)
+    zero = one - one
     for s in range(T - 1, -1, -1):
         for b in range(B):
             if s >= lengths[b]:
@@ -318,9 +387,9 @@ def gru_rb_backward(gates, hprev, UT_rz, UT_n, lengths, reverse, dh, has_dh, dh_
                     g += dh[t, b, j]
                 z = gates[t, b, H + j]
                 n = gates[t, b, 2 * H + j]
-                dan = g * (1 - z) * (1 - n * n)
+                dan = g * (one - z) * (one - n * n)
                 dGx[t, b, 2 * H + j] = dan
-                dGx[t, b, H + j] = g * (hprev[t, b, j] - n) * z * (1 - z)
+                dGx[t, b, H + j] = g * (hprev[t, b, j] - n) * z * (one - z)
                 ws_n[b, j] = dan
                 dh_carry[b, j] = g * z
         mm(fn, use_blas, ws_n, UT_n, drh, 0)
@@ -333,7 +402,7 @@ def gru_rb_backward(gates, hprev, UT_rz, UT_n, lengths, reverse, dh, has_dh, dh_
             for j in range(H):
                 r = gates[t, b, j]
                 hp = hprev[t, b, j]
-                dar = drh[b, j] * hp * r * (1 - r)
+                dar = drh[b, j] * hp * r * (one - r)
                 dGx[t, b, j] = dar
                 rh_all[t, b, j] = r * hp
                 dh_carry[b, j] += drh[b, j] * r
