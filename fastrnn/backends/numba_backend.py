@@ -28,14 +28,22 @@ from ._blas import gemm_address
 from .base import BackwardOut, ForwardOut
 from .numpy_ref import NumpyBackend
 
-# Products h @ U smaller than this many multiply-adds (B * H * G*H) run in the kernel's own
-# loop; larger ones call BLAS. Measured with bench/crossover.py on the 2-core dev machine.
-BLAS_MIN_MACS = 1 << 15
-
-
 def use_blas_for(B: int, H: int, G: int, dtype) -> tuple[int, bool]:
+    """(gemm address, whether the per-step product h @ U should go through BLAS).
+
+    Measured with ``python bench/crossover.py`` (one training step, LSTM and GRU, float32):
+    for a single sequence (B = 1, 2) the kernel's own matrix-vector loop wins at every H
+    (2.7x at H = 256), at B = 4 it wins from H = 128 on, and from B = 8 BLAS wins by
+    1.2-1.7x. ``FASTRNN_NO_BLAS_IN_KERNELS=1`` forces the own loop everywhere.
+    """
     fn = gemm_address(dtype)
-    return fn, bool(fn) and B * H * G * H >= BLAS_MIN_MACS
+    blas = B >= 8 or (B >= 3 and H < 128)
+    return fn, bool(fn) and blas
+
+
+def _writable(a):
+    """Numba compiles a separate variant for read-only arrays; hand it a writable copy."""
+    return a if a.flags.writeable else a.copy()
 
 
 def _dummy(dtype):
@@ -83,24 +91,24 @@ class NumbaBackend(NumpyBackend):
 
         saved = {"hs": hs, "out": out, "hprev": hprev, "lens": lens, "masked": masked}
         acc = np.empty((B, G * H), dtype=dt)
-        U, b = params["U"], params["b"]
+        U, b = _writable(params["U"]), _writable(params["b"])
         if cell.name == "lstm":
             gates, cprev, tanhc = tape(T, B, 4 * H), tape(T, B, H), tape(T, B, H)
             K.lstm_forward(xp, U, b, h, c, lens, reverse, out, hprev, gates, cprev, tanhc,
-                           training, acc, fn, blas)
+                           training, acc, np.empty((2, 4 * H), dt), fn, blas)
             saved.update(gates=gates, cprev=cprev, tanhc=tanhc)
         elif cell.name == "gru":
             gates = tape(T, B, 4 * H)
-            K.gru_forward(xp, U, b, params["bn"], h, lens, reverse, out, hprev, gates,
-                          training, acc, fn, blas)
+            K.gru_forward(xp, U, b, _writable(params["bn"]), h, lens, reverse, out, hprev,
+                          gates, training, acc, np.empty(4 * H, dt), fn, blas)
             saved.update(gates=gates)
         elif cell.name == "gru_reset_before":
             gates = tape(T, B, 3 * H)
             U_rz = np.ascontiguousarray(U[:, :2 * H])
             U_n = np.ascontiguousarray(U[:, 2 * H:])
             K.gru_rb_forward(xp, U_rz, U_n, b, h, lens, reverse, out, hprev, gates, training,
-                             acc[:, :2 * H].copy(), np.empty((B, H), dt),
-                             np.empty((B, H), dt), fn, blas)
+                             np.empty((B, 2 * H), dt), np.empty((B, H), dt),
+                             np.empty((B, H), dt), np.empty((B, 3 * H), dt), fn, blas)
             saved.update(gates=gates)
         else:
             K.rnn_forward(xp, U, b, cell.nonlinearity == "relu", h, lens, reverse, out, hprev,
