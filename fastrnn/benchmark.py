@@ -12,9 +12,14 @@ weights); ``infer`` is ``training=False`` (PyTorch: under ``no_grad``).
 
 Protocol, per problem: every runner is called once to warm up (the first call's extra
 time over the steady median is reported as ``compile_s``: Numba JIT, CUDA module loads,
-PyTorch's lazy init); its output is compared with the NumPy reference's. Then rounds: each
-round calls every runner once, the order rotated from round to round so drifting load hits
-all alike, GPU work synchronised before the clock is read, the garbage collector paused.
+PyTorch's lazy init); its output is compared with the NumPy reference's. Then rounds: in
+each round every runner gets one untimed settling call and then ``block`` timed calls back to
+back, the order of runners rotated from round to round so drifting load hits all alike, GPU
+work synchronised before the clock is read, the garbage collector paused. The settling call
+and the blocks matter on a small machine: OpenBLAS (numpy, fastrnn) and OpenMP (PyTorch)
+keep their worker threads spinning for a while after each call, and a call made while the
+other library's threads still spin was measured here 2-40x slower than the same call in a
+block of its own. ``fastrnn`` also shortens OpenBLAS's spinning (see fastrnn/__init__.py).
 Rounds stop after ``repeat`` or, once ``min_rounds`` have run, when the problem has used
 ``budget_s`` seconds. Medians, quartiles and extremes are kept; speedups are ratios of
 medians, pair by pair.
@@ -95,6 +100,7 @@ class BenchConfig:
     dtypes: list[str] = field(default_factory=lambda: ["float32"])
     repeat: int = 7
     min_rounds: int = 3
+    block: int = 2
     budget_s: float = 2.0
     threads: int = 1
     seed: int = 0
@@ -407,10 +413,13 @@ def _timed_rounds(jobs: dict[str, Job], records: dict[str, Record], config: Benc
                     continue
                 job = jobs[name]
                 try:
-                    t0 = clock()
-                    job.call()
+                    job.call()                      # settle this runner's thread pool
                     job.sync()
-                    times[name].append(clock() - t0)
+                    for _ in range(config.block):
+                        t0 = clock()
+                        job.call()
+                        job.sync()
+                        times[name].append(clock() - t0)
                 except Exception as exc:
                     records[name].status = "error"
                     records[name].note = f"{type(exc).__name__}: {exc}"

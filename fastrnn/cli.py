@@ -30,7 +30,9 @@ torch (CPU, oneDNN) and torch-cuda (cuDNN), all on the same inputs and weights.
 train = forward + backward with a random dh; infer = forward without a tape (no_grad).
 
 protocol: one warm-up call per runner (its extra time, JIT compilation included, is
-reported separately), then rounds that call every runner once in rotating order. A problem
+reported separately), then rounds: each runner, in rotating order, gets one untimed
+settling call and 2 timed calls back to back (thread pools of BLAS and PyTorch disturb
+each other otherwise; see fastrnn/benchmark.py). A problem
 stops after --repeat rounds, or earlier once --budget seconds are spent and at least
 min(3, --repeat) rounds ran. Medians, IQR; speedups are ratios of medians; % peak is
 against an n x n GEMM measured at start. The defaults (3 cells x 4 sizes x 2 modes,

@@ -1,40 +1,16 @@
-"""The one place that states how close two backends must agree.
+"""Test-side tolerances: the package's (fastrnn/tolerances.py) plus finite differences.
 
 Errors are relative norms, ||a - b|| / ||b||, of whole arrays (see :func:`rel_err`).
 """
 
 import numpy as np
 
-# dtype -> (forward outputs and states, gradients)
-TOLERANCES = {
-    "float64": {"forward": 1e-10, "grad": 1e-10},
-    "float32": {"forward": 1e-5, "grad": 1e-4},
-}
-# The reference against PyTorch (an independent implementation, other summation orders).
-TORCH_TOLERANCES = {
-    "float64": {"forward": 1e-9, "grad": 1e-9},
-    "float32": {"forward": 2e-4, "grad": 2e-4},
-}
+# The numbers live in the package so `fastrnn check` and `fastrnn bench` use the same ones.
+from fastrnn.tolerances import TOLERANCES, TORCH_TOLERANCES, rel_err  # noqa: F401
+
 # Central finite differences in float64: truncation O(eps^2) and rounding O(1e-16/eps).
 FD_EPS = 1e-6
 FD_TOLERANCE = 1e-6
-
-
-def _to_numpy(a):
-    if hasattr(a, "get"):
-        a = a.get()
-    if hasattr(a, "detach"):
-        a = a.detach().cpu().numpy()
-    return np.asarray(a, dtype=np.float64)
-
-
-def rel_err(a, b) -> float:
-    """||a - b|| / ||b|| in float64; the absolute norm of the difference when b is all zero."""
-    a, b = _to_numpy(a), _to_numpy(b)
-    assert a.shape == b.shape, f"shapes differ: {a.shape} vs {b.shape}"
-    diff = np.linalg.norm((a - b).ravel())
-    ref = np.linalg.norm(b.ravel())
-    return float(diff / ref) if ref > 0 else float(diff)
 
 
 def assert_close(a, b, dtype, kind, what="", table=TOLERANCES):

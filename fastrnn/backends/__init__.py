@@ -11,7 +11,7 @@ import os
 
 from .base import Backend, BackwardOut, ForwardOut
 
-__all__ = ["Backend", "ForwardOut", "BackwardOut", "BackendUnavailableError", "register_backend",
+__all__ = ["Backend", "ForwardOut", "BackwardOut", "BackendUnavailableError", "register_backend", "unregister_backend",
            "get_backend", "available_backends", "unavailable_reasons", "backend_names",
            "auto_backend_name"]
 
@@ -35,6 +35,15 @@ _reasons: dict[str, str] = {}
 def register_backend(name: str, backend: object) -> None:
     """Register a Backend subclass (or a "module:Class" string) under ``name``."""
     _REGISTRY[name] = backend
+    _instances.pop(name, None)
+    _reasons.pop(name, None)
+
+
+def unregister_backend(name: str) -> None:
+    """Remove a registered backend (the built-in ones too); ValueError if unknown."""
+    if name not in _REGISTRY:
+        raise ValueError(f"backend: unknown backend {name!r}")
+    del _REGISTRY[name]
     _instances.pop(name, None)
     _reasons.pop(name, None)
 

@@ -14,62 +14,10 @@ leave the state frozen.
 
 from __future__ import annotations
 
-import math
-
-import numpy as np
-from numba import njit, types, uint64
-from numba.extending import overload
+from numba import njit, uint64
 
 from ._blas import NO_TRANS, gemm_call
-
-JIT = dict(cache=True, nogil=True, error_model="numpy", fastmath={"contract"})
-
-
-# tanh(x) ~ x * P(u) / Q(u), u = (x/9)^2, on [-9, 9] (beyond, float32 tanh is +-1): a
-# rational fit made for fastrnn (weighted least squares on Chebyshev nodes, relative
-# error <= 4e-7 in float32, 3 ulp). Branch-free, so the pointwise loops vectorise.
-_TANH_P = (0.9999999925831681, 10.841865902079677, 22.96481262501568, 10.990002704320672,
-           0.5786490968103096)
-_TANH_Q = (1.0, 37.84185605581832, 169.89624115496613, 175.00069817880876, 33.6391813049622)
-
-
-def tanh_(x):
-    """tanh; in compiled float32 code the rational approximation above, else math.tanh."""
-    return math.tanh(x)
-
-
-def sigm(x):
-    """Logistic function without overflow: 0.5 + 0.5 * tanh(x / 2), as tanh saturates."""
-    return 0.5 + 0.5 * math.tanh(0.5 * x)
-
-
-@overload(tanh_)
-def _tanh_impl(x):
-    if isinstance(x, types.Float) and x.bitwidth == 32:
-        f = np.float32
-        p0, p1, p2, p3, p4 = (f(c) for c in _TANH_P)
-        q0, q1, q2, q3, q4 = (f(c) for c in _TANH_Q)
-        lim, inv_lim, one = f(9.0), f(1.0 / 9.0), f(1.0)
-
-        def impl(x):
-            # comparisons written so that a NaN passes through every select
-            xc = lim if x > lim else x
-            xc = -lim if xc < -lim else xc
-            v = xc * inv_lim
-            u = v * v
-            num = (((p4 * u + p3) * u + p2) * u + p1) * u + p0
-            den = (((q4 * u + q3) * u + q2) * u + q1) * u + q0
-            r = xc * num / den
-            r = one if r > one else r
-            return -one if r < -one else r
-        return impl
-    return lambda x: math.tanh(x)
-
-
-@overload(sigm)
-def _sigm_impl(x):
-    half = np.float32(0.5) if isinstance(x, types.Float) and x.bitwidth == 32 else 0.5
-    return lambda x: half + half * tanh_(half * x)
+from .numba_math import JIT, sigm, tanh_
 
 
 # Row helpers. Each is one short loop over the H (or G*H) entries of one sequence at one
