@@ -218,7 +218,7 @@ def test_tiny_bench_writes_json_csv_and_plot(tmp_path, capsys):
             assert r["status"] == "n/a" and r["median_s"] is None
             continue
         assert r["status"] == "ok", r
-        assert len(r["times_s"]) == 2
+        assert len(r["times_s"]) == 2 * doc["config"]["block"]   # rounds x timed calls per round
         assert r["median_s"] == pytest.approx(float(np.median(r["times_s"])))
         assert r["min_s"] <= r["q1_s"] <= r["median_s"] <= r["q3_s"] <= r["max_s"]
         spec = fastrnn.get_cell(r["cell"])
@@ -247,7 +247,7 @@ def test_tiny_bench_writes_json_csv_and_plot(tmp_path, capsys):
     with paths["csv"].open() as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == len(recs)
-    assert rows[0]["cell"] == "lstm" and "speedup_vs_torch" in rows[0] and rows[0]["rounds"] == "2"
+    assert rows[0]["cell"] == "lstm" and "speedup_vs_torch" in rows[0] and rows[0]["samples"] == "4"
     png = paths["png"].read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
 
@@ -340,7 +340,7 @@ def test_rounds_stop_at_the_budget_after_min_rounds():
     for budget, rounds in ((0.0, 6), (1e-9, 2), (1e9, 6)):
         cfg = bm.BenchConfig(repeat=6, min_rounds=2, budget_s=budget)
         (rec,) = bm.measure_problem(problem, ["numpy"], cfg, peaks={})
-        assert rec.status == "ok" and len(rec.times_s) == rounds
+        assert rec.status == "ok" and len(rec.times_s) == rounds * cfg.block
         assert rec.pct_peak is None and rec.speedup == {}
 
 
