@@ -111,12 +111,13 @@ class Tape:
 
 
 def _digest(a) -> int:
-    flat = a.reshape(-1)
-    if flat.size > FULL_DIGEST_MAX:
-        flat = flat[:: flat.size // DIGEST_SAMPLES]
-    if not isinstance(flat, np.ndarray):            # device arrays: fetch the small sample
-        flat = flat.get()
-    return zlib.crc32(np.ascontiguousarray(flat).view(np.uint8))
+    if a.size > FULL_DIGEST_MAX:
+        a = a.reshape(-1)[:: a.size // DIGEST_SAMPLES]
+    if not isinstance(a, np.ndarray):               # device arrays: fetch the small sample
+        a = a.get()
+    if not a.flags.c_contiguous:
+        a = np.ascontiguousarray(a)
+    return zlib.crc32(a)
 
 
 class _Layout:

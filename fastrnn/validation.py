@@ -7,6 +7,7 @@ user's array.
 
 from __future__ import annotations
 
+import functools
 from typing import Mapping
 
 import numpy as np
@@ -36,8 +37,13 @@ def as_array(xp, name: str, a):
         raise TypeError(f"{name}: expected an array, got {describe(a)} ({exc})") from None
 
 
+@functools.lru_cache(maxsize=None)
+def _dtype_set(names: tuple) -> frozenset:
+    return frozenset(np.dtype(n) for n in names)
+
+
 def check_float(name: str, a, allowed_dtypes) -> None:
-    if a.dtype.name not in allowed_dtypes:
+    if a.dtype not in _dtype_set(tuple(allowed_dtypes)):
         raise TypeError(f"{name}: expected a floating dtype ({', '.join(allowed_dtypes)}), "
                         f"got {a.dtype}")
 
