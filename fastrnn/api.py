@@ -45,7 +45,7 @@ class ForwardResult:
         return iter((self.h, self.h_n, self.c_n))
 
     def __repr__(self):
-        return (f"ForwardResult(h={describe(self.h)}, h_n={describe(self.h_n)}, "
+        return (f"{type(self).__name__}(h={describe(self.h)}, h_n={describe(self.h_n)}, "
                 f"c_n={None if self.c_n is None else describe(self.c_n)}, "
                 f"tape={'kept' if self.tape is not None else None})")
 

@@ -41,7 +41,7 @@ __all__ = ["stack_forward", "stack_backward", "init_stack_params", "dropout_mask
            "StackResult", "StackTape", "StackGradients"]
 
 
-class StackResult:
+class StackResult(_api.ForwardResult):
     """Result of :func:`stack_forward`.
 
     h: outputs of the last layer, (T, B, D*H); (B, T, D*H) with batch_first; (T, D*H)
@@ -52,19 +52,7 @@ class StackResult:
     tape: what :func:`stack_backward` needs; None when ``training=False``.
     """
 
-    __slots__ = ("h", "h_n", "c_n", "tape")
-
-    def __init__(self, h, h_n, c_n, tape):
-        self.h, self.h_n, self.c_n, self.tape = h, h_n, c_n, tape
-
-    def __iter__(self):
-        """Unpack as ``h, h_n, c_n = res`` (the tape stays on the object)."""
-        return iter((self.h, self.h_n, self.c_n))
-
-    def __repr__(self):
-        return (f"StackResult(h={describe(self.h)}, h_n={describe(self.h_n)}, "
-                f"c_n={None if self.c_n is None else describe(self.c_n)}, "
-                f"tape={'kept' if self.tape is not None else None})")
+    __slots__ = ()
 
 
 class StackGradients:

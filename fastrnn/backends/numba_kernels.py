@@ -100,6 +100,20 @@ def gather_rows(src, s, lengths, reverse, ws):
             fill_row(ws[b], zero, n)
 
 
+@njit(**JIT)
+def recurrent_grad(dG, s, lengths, reverse, simple, ws, UT, dh_carry, fn, use_blas):
+    """dh_carry[b] += dG[t_b, b] @ U^T for the rows valid at step s; the others keep theirs.
+
+    The caller has zeroed dh_carry on the valid rows. Without lengths and reverse the rows
+    of step s are the contiguous block dG[s] and go to the product as they are.
+    """
+    if simple:
+        mm(fn, use_blas, dG[s], UT, dh_carry, 0)
+    else:
+        gather_rows(dG, s, lengths, reverse, ws)
+        mm(fn, use_blas, ws, UT, dh_carry, 1)
+
+
 # ------------------------------------------------------------------------------ Elman RNN
 
 @njit(**JIT)
@@ -157,11 +171,7 @@ def rnn_backward(out, hprev, UT, relu, lengths, reverse, simple, dh, has_dh, dh_
             if has_dh:
                 add_row(dh_carry[b], dh[t, b], H)
             rnn_bwd_row(dh_carry[b], out[t, b], relu, dG[t, b], H)
-        if simple:
-            mm(fn, use_blas, dG[s], UT, dh_carry, 0)
-        else:
-            gather_rows(dG, s, lengths, reverse, ws)
-            mm(fn, use_blas, ws, UT, dh_carry, 1)
+        recurrent_grad(dG, s, lengths, reverse, simple, ws, UT, dh_carry, fn, use_blas)
 
 
 # ----------------------------------------------------------------------------------- LSTM
@@ -248,11 +258,7 @@ def lstm_backward(gates, cprev, tanhc, UT, lengths, reverse, simple, dh, has_dh,
                 add_row(dh_carry[b], dh[t, b], H)
             lstm_bwd_row(gates[t, b], cprev[t, b], tanhc[t, b], dh_carry[b], dc_carry[b],
                          dG[t, b], H)
-        if simple:
-            mm(fn, use_blas, dG[s], UT, dh_carry, 0)
-        else:
-            gather_rows(dG, s, lengths, reverse, ws)
-            mm(fn, use_blas, ws, UT, dh_carry, 1)
+        recurrent_grad(dG, s, lengths, reverse, simple, ws, UT, dh_carry, fn, use_blas)
 
 
 # ------------------------------------------------------------------------------------ GRU
