@@ -140,7 +140,8 @@ class NumbaBackend(NumpyBackend):
             K.lstm_backward(saved["gates"], saved["cprev"], saved["tanhc"],
                             np.ascontiguousarray(U.T), lens, reverse, simple, dh_arr, has_dh,
                             dh_carry, dc_carry, dG, np.empty((B, 4 * H), dt), fn, blas)
-            dGx = dGh = dG
+            dGx = dG
+            u_inputs = None
         elif cell.name == "gru":
             dGx = alloc((T, B, 3 * H), dtype=dt)
             dhn = alloc((T, B, H), dtype=dt)
@@ -148,7 +149,7 @@ class NumbaBackend(NumpyBackend):
                            dh_arr, has_dh, dh_carry, dGx, dhn, np.empty((B, 3 * H), dt), fn,
                            blas)
             grads["bn"] = dhn.reshape(T * B, H).sum(axis=0)
-            dGh = (dGx[..., :2 * H], dhn)
+            u_inputs = (hprev, dhn)              # U_rz sees h_prev, U_n too (through dhn)
         elif cell.name == "gru_reset_before":
             dGx = alloc((T, B, 3 * H), dtype=dt)
             rh = alloc((T, B, H), dtype=dt)
@@ -157,8 +158,7 @@ class NumbaBackend(NumpyBackend):
                               lens, reverse, dh_arr, has_dh, dh_carry, dGx, rh,
                               np.empty((B, H), dt), np.empty((B, 2 * H), dt),
                               np.empty((B, H), dt), fn, blas)
-            dGh = (dGx[..., :2 * H], dGx[..., 2 * H:])
-            hprev_n = rh
+            u_inputs = (rh, None)                # U_n sees r * h_prev; its grad is dGx's n part
         else:
             dG = alloc((T, B, H), dtype=dt)
             out = saved["out"]
@@ -168,7 +168,8 @@ class NumbaBackend(NumpyBackend):
             K.rnn_backward(out, hprev, np.ascontiguousarray(U.T), cell.nonlinearity == "relu",
                            lens, reverse, simple, dh_arr, has_dh, dh_carry, dG,
                            np.empty((B, H), dt), fn, blas)
-            dGx = dGh = dG
+            dGx = dG
+            u_inputs = None
 
         rows = T * B
         dGx2 = dGx.reshape(rows, G * H)
@@ -179,14 +180,15 @@ class NumbaBackend(NumpyBackend):
             valid = (np.arange(T)[:, None] < lens[None, :]).reshape(rows, 1)
             x2 = np.where(valid, x2, 0)
         grads["W"] = x2.T @ dGx2
-        if isinstance(dGh, tuple):                 # GRUs: U_rz and U_n see different inputs
-            left, right = dGh
-            h_right = hprev_n.reshape(rows, H) if cell.name == "gru_reset_before" else hprev2
-            grads["U"] = np.concatenate(
-                [hprev2.T @ left.reshape(rows, 2 * H), h_right.T @ right.reshape(rows, H)],
-                axis=1)
-        else:
-            grads["U"] = hprev2.T @ dGh.reshape(rows, G * H)
+        if u_inputs is None:                        # U sees h_prev in every gate column
+            grads["U"] = hprev2.T @ dGx2
+        else:                                       # GRUs: the n columns see another input
+            n_input, n_grad = u_inputs
+            dU = np.empty((H, G * H), dtype=dt)
+            np.matmul(hprev2.T, dGx2[:, :2 * H], out=dU[:, :2 * H])
+            n_grad = dGx2[:, 2 * H:] if n_grad is None else n_grad.reshape(rows, H)
+            np.matmul(n_input.reshape(rows, H).T, n_grad, out=dU[:, 2 * H:])
+            grads["U"] = dU
         grads["b"] = dGx2.sum(axis=0)
         dx = (dGx2 @ W.T).reshape(T, B, I)
         ordered = {k: grads[k] for k in cell.param_names}
