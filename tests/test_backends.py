@@ -295,3 +295,31 @@ def test_layers_on_backend(backend, rng, cls, kw):
     assert_close(gg.dx, gr.dx, "float64", "grad", "dx")
     for k in gr.params:
         assert_close(gg.params[k], gr.params[k], "float64", "grad", f"d{k}")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("cell", list(fastrnn.CELLS))
+def test_batch_split_over_threads(backend, cell, dtype, rng, monkeypatch):
+    """A batch split into several thread chunks (5 of 8 rows here, whatever the number of
+    cores), not a multiple of the tile height, with lengths and reverse: the chunks must
+    not see each other's rows."""
+    if backend == "numba":
+        from fastrnn.backends import numba_backend
+        monkeypatch.setattr(numba_backend, "chunk_size", lambda B: 8)
+    T, B, I, H = 5, 37, 6, 9
+    x, params, h0, c0, lens = make_problem(rng, cell, T, B, I, H, dtype, lengths=True,
+                                           states=True)
+    dh, dh_n, dc_n = make_upstream(rng, cell, T, B, H, dtype)
+    for reverse in (False, True):
+        ref = fastrnn.forward(cell, x, params, h0, c0, lengths=lens, reverse=reverse,
+                              backend="numpy")
+        res = fastrnn.forward(cell, x, params, h0, c0, lengths=lens, reverse=reverse,
+                              backend=backend)
+        assert_close(res.h, ref.h, dtype, "forward", "h")
+        assert_close(res.h_n, ref.h_n, dtype, "forward", "h_n")
+        g_ref = fastrnn.backward(ref.tape, dh, dh_n, dc_n)
+        g = fastrnn.backward(res.tape, dh, dh_n, dc_n)
+        assert_close(g.dx, g_ref.dx, dtype, "grad", "dx")
+        assert_close(g.dh0, g_ref.dh0, dtype, "grad", "dh0")
+        for k in g_ref.params:
+            assert_close(g.params[k], g_ref.params[k], dtype, "grad", f"d{k}")

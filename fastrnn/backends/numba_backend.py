@@ -1,44 +1,46 @@
 """The Numba backend: the whole time loop in fused, compiled kernels (fast CPU path).
 
 Plan of a forward pass (see DESIGN.md, "How speed is reached"):
-1. ``xp = x @ W`` for all T*B rows: one BLAS GEMM before the loop.
-2. One kernel call runs every step: ``h @ U`` (BLAS called from compiled code, or an own
-   loop for small sizes), then one pass that adds ``xp`` and the bias, applies the gates,
-   updates the state, masks by ``lengths`` and writes the tape.
+1. ``xp = x @ W`` for all T*B rows: one BLAS GEMM before the loop; U packed into panels once.
+2. One kernel call runs every step: ``h @ U`` through the packed GEMM of
+   :mod:`.numba_gemm`, then one pass that adds ``xp`` and the bias, applies the gates,
+   updates the state, masks by ``lengths`` and writes the tape. The batch is split into
+   chunks that run the whole loop on their own threads.
 Backward mirrors it: only ``dgates @ U^T`` runs per step; ``dW``, ``dU``, ``db`` and ``dx``
-are each one GEMM (or sum) over all T*B rows after the loop.
+are each one GEMM (or sum) over all T*B rows after the loop, through NumPy's BLAS.
 
 What the tape holds per (t, b), beyond x and the params (H floats each unless stated):
 rnn h_prev and h (shared: one (T+1, B, H) buffer without lengths); lstm gates i, f, g, o
 (4H), c_prev, tanh(c_new), h_prev; gru r, z, n, h@U_n + bn (4H), h_prev; gru_reset_before
 r, z, n (3H), h_prev. Inference (``training=False``) keeps no tape and allocates only the
-outputs and two (B, G*H) work buffers per call, nothing per step.
+outputs and a few (B, G*H) work buffers per call, nothing per step.
 
-Threads: BLAS runs on its own thread pool (OpenBLAS: ``OPENBLAS_NUM_THREADS``, or
-threadpoolctl at run time); the kernels themselves are single-threaded, so nothing is
-oversubscribed.
+Threads: the kernels use Numba's thread pool (``NUMBA_NUM_THREADS``, or
+``numba.set_num_threads`` at run time) for batch chunks of at least
+:data:`ROWS_PER_THREAD` rows; the GEMMs before and after the loop use the BLAS pool
+(``OPENBLAS_NUM_THREADS`` or threadpoolctl). The two never run at the same time.
 """
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 from . import numba_kernels as K
-from ._blas import gemm_address
 from .base import BackwardOut, ForwardOut
+from .numba_gemm import MR, NR, pack_panels, padded
 from .numpy_ref import NumpyBackend
 
-def use_blas_for(B: int, H: int, G: int, dtype) -> tuple[int, bool]:
-    """(gemm address, whether the per-step product h @ U should go through BLAS).
+# A thread gets at least this many batch rows: below, waking a second thread costs more
+# than it saves.
+ROWS_PER_THREAD = 8
 
-    Measured with ``python bench/crossover.py`` (one training step, LSTM and GRU, float32):
-    for a single sequence (B = 1, 2) the kernel's own matrix-vector loop wins at every H
-    (2.7x at H = 256), at B = 4 it wins from H = 128 on, and from B = 8 BLAS wins by
-    1.2-1.7x. ``FASTRNN_NO_BLAS_IN_KERNELS=1`` forces the own loop everywhere.
-    """
-    fn = gemm_address(dtype)
-    blas = B >= 8 or (B >= 3 and H < 128)
-    return fn, bool(fn) and blas
+
+def chunk_size(B: int) -> int:
+    """Rows per thread chunk (a multiple of MR) for a batch of B sequences."""
+    Bp = padded(B, MR)
+    threads = max(1, min(numba.get_num_threads(), Bp // ROWS_PER_THREAD))
+    return padded(-(-Bp // threads), MR)
 
 
 def _writable(a):
@@ -50,6 +52,18 @@ def _dummy(dtype):
     return np.zeros((1, 1, 1), dtype=dtype)
 
 
+def _padded_rows(a, Bp):
+    """a (B, n) as a zero-padded (Bp, n) copy."""
+    out = np.zeros((Bp, a.shape[1]), dtype=a.dtype)
+    out[:a.shape[0]] = a
+    return out
+
+
+def _gemm_out(Bp, n, dtype):
+    """A (Bp, n rounded up to the panel width) buffer for packed_gemm results."""
+    return np.zeros((Bp, padded(n, NR[np.dtype(dtype).itemsize])), dtype=dtype)
+
+
 class NumbaBackend(NumpyBackend):
     """Fused CPU kernels compiled by Numba; readout is inherited from the reference."""
 
@@ -57,11 +71,7 @@ class NumbaBackend(NumpyBackend):
 
     @classmethod
     def unavailable_reason(cls):
-        try:
-            import numba  # noqa: F401
-        except ImportError as exc:  # pragma: no cover - numba is a dependency
-            return f"numba is not importable ({exc}); pip install numba"
-        return None
+        return None          # numba is a dependency: importing this module already needed it
 
     # ------------------------------------------------------------------------- forward
     def forward(self, cell, x, params, h0, c0, lengths, reverse, training):
@@ -69,12 +79,12 @@ class NumbaBackend(NumpyBackend):
         H = h0.shape[1]
         G = cell.num_gates
         dt = x.dtype
+        Bp, chunk = padded(B, MR), chunk_size(B)
         masked = lengths is not None
         lens = lengths if masked else np.full(B, T, dtype=np.int64)
-        fn, blas = use_blas_for(B, H, G, dt)
         xp = (x.reshape(T * B, I) @ params["W"]).reshape(T, B, G * H)
-        h = h0.copy()
-        c = c0.copy() if cell.has_cell_state else None
+        h = _padded_rows(h0, Bp)
+        c = _padded_rows(c0, Bp) if cell.has_cell_state else None
 
         hs = None
         if training and not masked:
@@ -90,31 +100,32 @@ class NumbaBackend(NumpyBackend):
             return alloc(shape, dtype=dt) if training else _dummy(dt)
 
         saved = {"hs": hs, "out": out, "hprev": hprev, "lens": lens, "masked": masked}
-        acc = np.empty((B, G * H), dtype=dt)
         U, b = _writable(params["U"]), _writable(params["b"])
         if cell.name == "lstm":
             gates, cprev, tanhc = tape(T, B, 4 * H), tape(T, B, H), tape(T, B, H)
-            K.lstm_forward(xp, U, b, h, c, lens, reverse, out, hprev, gates, cprev, tanhc,
-                           training, acc, np.empty((2, 4 * H), dt), fn, blas)
+            K.lstm_forward(xp, pack_panels(U), b, h, c, lens, reverse, out, hprev, gates, cprev,
+                           tanhc, training, _gemm_out(Bp, 4 * H, dt),
+                           np.empty((Bp, 4 * H), dt), np.empty((Bp, H), dt), chunk)
             saved.update(gates=gates, cprev=cprev, tanhc=tanhc)
         elif cell.name == "gru":
             gates = tape(T, B, 4 * H)
-            K.gru_forward(xp, U, b, _writable(params["bn"]), h, lens, reverse, out, hprev,
-                          gates, training, acc, np.empty(4 * H, dt), fn, blas)
+            K.gru_forward(xp, pack_panels(U), b, _writable(params["bn"]), h, lens, reverse, out,
+                          hprev, gates, training, _gemm_out(Bp, 3 * H, dt),
+                          np.empty((Bp, 4 * H), dt), chunk)
             saved.update(gates=gates)
         elif cell.name == "gru_reset_before":
             gates = tape(T, B, 3 * H)
-            U_rz = np.ascontiguousarray(U[:, :2 * H])
-            U_n = np.ascontiguousarray(U[:, 2 * H:])
-            K.gru_rb_forward(xp, U_rz, U_n, b, h, lens, reverse, out, hprev, gates, training,
-                             np.empty((B, 2 * H), dt), np.empty((B, H), dt),
-                             np.empty((B, H), dt), np.empty((B, 3 * H), dt), fn, blas)
+            K.gru_rb_forward(xp, pack_panels(U[:, :2 * H]), pack_panels(U[:, 2 * H:]), b, h,
+                             lens, reverse, out, hprev, gates, training,
+                             _gemm_out(Bp, 2 * H, dt), np.zeros((Bp, H), dt),
+                             _gemm_out(Bp, H, dt), np.empty((Bp, 3 * H), dt), chunk)
             saved.update(gates=gates)
         else:
-            K.rnn_forward(xp, U, b, cell.nonlinearity == "relu", h, lens, reverse, out, hprev,
-                          training, acc, fn, blas)
+            K.rnn_forward(xp, pack_panels(U), b, cell.nonlinearity == "relu", h, lens, reverse,
+                          out, hprev, training, _gemm_out(Bp, H, dt), chunk)
         # The caller gets its own view of out, so flags it sets do not reach the tape's.
-        return ForwardOut(out[...], h, c, saved if training else None)
+        return ForwardOut(out[...], h[:B], None if c is None else c[:B],
+                          saved if training else None)
 
     # ------------------------------------------------------------------------ backward
     def backward(self, cell, saved, x, params, h0, c0, lengths, reverse, dh, dh_n, dc_n):
@@ -122,42 +133,44 @@ class NumbaBackend(NumpyBackend):
         H = h0.shape[1]
         G = cell.num_gates
         dt = x.dtype
+        Bp, chunk = padded(B, MR), chunk_size(B)
         masked, lens = saved["masked"], saved["lens"]
-        fn, blas = use_blas_for(B, H, G, dt)
-        simple = not masked and not reverse
         alloc = np.zeros if masked else np.empty
         has_dh = dh is not None
         dh_arr = dh if has_dh else _dummy(dt)
-        dh_carry = dh_n.copy() if dh_n is not None else np.zeros((B, H), dtype=dt)
+        dh_carry = _gemm_out(Bp, H, dt)
+        if dh_n is not None:
+            dh_carry[:B, :H] = dh_n
         dc_carry = None
         W, U = params["W"], params["U"]
+        UT = U.T
         hprev = saved["hprev"]
         grads = {}
 
         if cell.name == "lstm":
-            dc_carry = dc_n.copy() if dc_n is not None else np.zeros((B, H), dtype=dt)
+            dc_carry = np.zeros((Bp, H), dtype=dt)
+            if dc_n is not None:
+                dc_carry[:B] = dc_n
             dG = alloc((T, B, 4 * H), dtype=dt)
-            K.lstm_backward(saved["gates"], saved["cprev"], saved["tanhc"],
-                            np.ascontiguousarray(U.T), lens, reverse, simple, dh_arr, has_dh,
-                            dh_carry, dc_carry, dG, np.empty((B, 4 * H), dt), fn, blas)
+            K.lstm_backward(saved["gates"], saved["cprev"], saved["tanhc"], pack_panels(UT),
+                            lens, reverse, dh_arr, has_dh, dh_carry, dc_carry, dG,
+                            np.zeros((Bp, 4 * H), dt), chunk)
             dGx = dG
             u_inputs = None
         elif cell.name == "gru":
             dGx = alloc((T, B, 3 * H), dtype=dt)
             dhn = alloc((T, B, H), dtype=dt)
-            K.gru_backward(saved["gates"], hprev, np.ascontiguousarray(U.T), lens, reverse,
-                           dh_arr, has_dh, dh_carry, dGx, dhn, np.empty((B, 3 * H), dt), fn,
-                           blas)
+            K.gru_backward(saved["gates"], hprev, pack_panels(UT), lens, reverse, dh_arr, has_dh,
+                           dh_carry, dGx, dhn, np.zeros((Bp, 3 * H), dt), chunk)
             grads["bn"] = dhn.reshape(T * B, H).sum(axis=0)
             u_inputs = (hprev, dhn)              # U_rz sees h_prev, U_n too (through dhn)
         elif cell.name == "gru_reset_before":
             dGx = alloc((T, B, 3 * H), dtype=dt)
             rh = alloc((T, B, H), dtype=dt)
-            UT = np.ascontiguousarray(U.T)
-            K.gru_rb_backward(saved["gates"], hprev, UT[:2 * H].copy(), UT[2 * H:].copy(),
-                              lens, reverse, dh_arr, has_dh, dh_carry, dGx, rh,
-                              np.empty((B, H), dt), np.empty((B, 2 * H), dt),
-                              np.empty((B, H), dt), fn, blas)
+            K.gru_rb_backward(saved["gates"], hprev, pack_panels(UT[:2 * H]),
+                              pack_panels(UT[2 * H:]), lens, reverse, dh_arr, has_dh, dh_carry,
+                              dGx, rh, np.zeros((Bp, H), dt), np.zeros((Bp, 2 * H), dt),
+                              _gemm_out(Bp, H, dt), chunk)
             u_inputs = (rh, None)                # U_n sees r * h_prev; its grad is dGx's n part
         else:
             dG = alloc((T, B, H), dtype=dt)
@@ -165,9 +178,8 @@ class NumbaBackend(NumpyBackend):
             if not out.flags.writeable:          # numba would compile a read-only variant
                 out = out.view()
                 out.flags.writeable = True
-            K.rnn_backward(out, hprev, np.ascontiguousarray(U.T), cell.nonlinearity == "relu",
-                           lens, reverse, simple, dh_arr, has_dh, dh_carry, dG,
-                           np.empty((B, H), dt), fn, blas)
+            K.rnn_backward(out, hprev, pack_panels(UT), cell.nonlinearity == "relu", lens,
+                           reverse, dh_arr, has_dh, dh_carry, dG, np.zeros((Bp, H), dt), chunk)
             dGx = dG
             u_inputs = None
 
@@ -192,4 +204,6 @@ class NumbaBackend(NumpyBackend):
         grads["b"] = dGx2.sum(axis=0)
         dx = (dGx2 @ W.T).reshape(T, B, I)
         ordered = {k: grads[k] for k in cell.param_names}
-        return BackwardOut(dx, dh_carry, dc_carry, ordered)
+        dh0 = np.ascontiguousarray(dh_carry[:B, :H])
+        dc0 = None if dc_carry is None else dc_carry[:B]
+        return BackwardOut(dx, dh0, dc0, ordered)

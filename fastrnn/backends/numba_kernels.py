@@ -4,8 +4,13 @@ Every array is C-contiguous and indexed in *time order*: tape entry ``[t, b]`` b
 the step at which sequence b read time t (t = s, or lengths[b] - 1 - s with reverse), so
 the weight gradients after the loop are single GEMMs over all T*B rows. The input
 projection ``xp = x @ W`` (no bias) is computed before the loop by one GEMM; inside the
-loop only the recurrent product runs per step, through BLAS (``gemm_call``) or, for small
-sizes, through :func:`mm`'s own loops, followed by one fused pointwise pass.
+loop only the recurrent product runs per step, through :func:`packed_gemm` with the
+weights packed once per pass, followed by one fused pointwise pass.
+
+The batch is split into chunks of whole MR-row tiles that run the entire time loop on
+their own threads (``prange``): sequences are independent, so the threads never wait for
+each other. State and work buffers have ``Bp`` rows, the batch padded to a multiple of MR,
+and the padded rows stay zero.
 
 Step s of sequence b is valid while s < lengths[b]; invalid steps read nothing, write
 nothing (outputs, tape and gradients there keep the zeros they were allocated with) and
@@ -14,10 +19,18 @@ leave the state frozen.
 
 from __future__ import annotations
 
-from numba import njit, uint64
+from numba import njit, prange, uint64
 
-from ._blas import NO_TRANS, gemm_call
+from .numba_gemm import packed_gemm
 from .numba_math import JIT, sigm, tanh_
+
+PARALLEL = dict(JIT, parallel=True)
+
+
+@njit(**JIT)
+def chunk_rows(ci, chunk, Bp):
+    b0 = ci * chunk
+    return b0, min(b0 + chunk, Bp)
 
 
 # Row helpers. Each is one short loop over the H (or G*H) entries of one sequence at one
@@ -57,61 +70,32 @@ def fill_row(dst, value, n):
 
 
 @njit(**JIT)
-def mm(fn, use_blas, A, Bm, C, beta):
-    """C = A @ Bm + beta * C for C-contiguous 2-d arrays; beta is 0 or 1.
-
-    Through the BLAS at address fn when use_blas, else by an own loop (cheaper than a
-    BLAS call for small products).
-    """
-    M, K = A.shape
-    N = Bm.shape[1]
-    if M == 0 or N == 0:
-        return
-    if use_blas:
-        gemm_call(fn, NO_TRANS, M, N, K, A.dtype.type(1.0), A.ctypes.data, K, Bm.ctypes.data,
-                  N, C.dtype.type(beta), C.ctypes.data, N)
-        return
-    zero = C.dtype.type(0)
-    uK, uN = uint64(K), uint64(N)
-    for i in range(uint64(M)):
-        if beta == 0:
-            for j in range(uN):
-                C[i, j] = zero
-        for k in range(uK):
-            a = A[i, k]
-            for j in range(uN):
-                C[i, j] += a * Bm[k, j]
-
-
-@njit(**JIT)
 def time_of(s, b, lengths, reverse):
     return lengths[b] - 1 - s if reverse else s
 
 
 @njit(**JIT)
-def gather_rows(src, s, lengths, reverse, ws):
-    """ws[b] = src[t_b, b] for valid rows, 0 for the others; used when rows differ in t."""
-    B, n = ws.shape
+def gather_rows(src, s, lengths, reverse, ws, b0, b1):
+    """ws[b] = src[t_b, b] for the rows of b0..b1 valid at step s, 0 for the others."""
+    n = ws.shape[1]
+    B = lengths.shape[0]
     zero = ws.dtype.type(0)
-    for b in range(B):
-        if s < lengths[b]:
+    for b in range(b0, b1):
+        if b < B and s < lengths[b]:
             copy_row(ws[b], src[time_of(s, b, lengths, reverse), b], n)
         else:
             fill_row(ws[b], zero, n)
 
 
 @njit(**JIT)
-def recurrent_grad(dG, s, lengths, reverse, simple, ws, UT, dh_carry, fn, use_blas):
-    """dh_carry[b] += dG[t_b, b] @ U^T for the rows valid at step s; the others keep theirs.
+def recurrent_grad(dG, s, lengths, reverse, ws, UTp, dh_carry, b0, b1):
+    """dh_carry[b] += dG[t_b, b] @ U^T for the rows of b0..b1 valid at step s.
 
-    The caller has zeroed dh_carry on the valid rows. Without lengths and reverse the rows
-    of step s are the contiguous block dG[s] and go to the product as they are.
+    The caller has zeroed dh_carry on those rows; the others get zero rows of ws, so their
+    carry stays as it is.
     """
-    if simple:
-        mm(fn, use_blas, dG[s], UT, dh_carry, 0)
-    else:
-        gather_rows(dG, s, lengths, reverse, ws)
-        mm(fn, use_blas, ws, UT, dh_carry, 1)
+    gather_rows(dG, s, lengths, reverse, ws, b0, b1)
+    packed_gemm(ws, b0, b1, UTp, dh_carry, 1)
 
 
 # ------------------------------------------------------------------------------ Elman RNN
@@ -129,19 +113,22 @@ def rnn_row(x, a, bias, relu, h, o, H):
         o[j] = hn
 
 
-@njit(**JIT)
-def rnn_forward(xp, U, bias, relu, h, lengths, reverse, out, hprev, training, acc, fn, use_blas):
-    """Matches numpy_ref.rnn_step over all steps. h (B, H) holds h0 and ends as h_n."""
+@njit(**PARALLEL)
+def rnn_forward(xp, Up, bias, relu, h, lengths, reverse, out, hprev, training, acc, chunk):
+    """Matches numpy_ref.rnn_step over all steps. h (Bp, H) holds h0 and ends as h_n."""
     T, B, H = out.shape
-    for s in range(T):
-        mm(fn, use_blas, h, U, acc, 0)
-        for b in range(B):
-            if s >= lengths[b]:
-                continue
-            t = time_of(s, b, lengths, reverse)
-            if training:
-                copy_row(hprev[t, b], h[b], H)
-            rnn_row(xp[t, b], acc[b], bias, relu, h[b], out[t, b], H)
+    Bp = h.shape[0]
+    for ci in prange(-(-Bp // chunk)):
+        b0, b1 = chunk_rows(ci, chunk, Bp)
+        for s in range(T):
+            packed_gemm(h, b0, b1, Up, acc, 0)
+            for b in range(b0, min(b1, B)):
+                if s >= lengths[b]:
+                    continue
+                t = time_of(s, b, lengths, reverse)
+                if training:
+                    copy_row(hprev[t, b], h[b], H)
+                rnn_row(xp[t, b], acc[b], bias, relu, h[b], out[t, b], H)
 
 
 @njit(**JIT)
@@ -158,20 +145,22 @@ def rnn_bwd_row(dhc, o, relu, d, H):
         dhc[j] = zero
 
 
-@njit(**JIT)
-def rnn_backward(out, hprev, UT, relu, lengths, reverse, simple, dh, has_dh, dh_carry, dG, ws,
-                 fn, use_blas):
+@njit(**PARALLEL)
+def rnn_backward(out, hprev, UTp, relu, lengths, reverse, dh, has_dh, dh_carry, dG, ws, chunk):
     """Matches numpy_ref.rnn_step_backward over all steps; fills dG (T, B, H) = dL/da."""
     T, B, H = out.shape
-    for s in range(T - 1, -1, -1):
-        for b in range(B):
-            if s >= lengths[b]:
-                continue
-            t = time_of(s, b, lengths, reverse)
-            if has_dh:
-                add_row(dh_carry[b], dh[t, b], H)
-            rnn_bwd_row(dh_carry[b], out[t, b], relu, dG[t, b], H)
-        recurrent_grad(dG, s, lengths, reverse, simple, ws, UT, dh_carry, fn, use_blas)
+    Bp = dh_carry.shape[0]
+    for ci in prange(-(-Bp // chunk)):
+        b0, b1 = chunk_rows(ci, chunk, Bp)
+        for s in range(T - 1, -1, -1):
+            for b in range(b0, min(b1, B)):
+                if s >= lengths[b]:
+                    continue
+                t = time_of(s, b, lengths, reverse)
+                if has_dh:
+                    add_row(dh_carry[b], dh[t, b], H)
+                rnn_bwd_row(dh_carry[b], out[t, b], relu, dG[t, b], H)
+            recurrent_grad(dG, s, lengths, reverse, ws, UTp, dh_carry, b0, b1)
 
 
 # ----------------------------------------------------------------------------------- LSTM
@@ -192,32 +181,35 @@ def lstm_state_row(g, c, h, o, tc, H):
         o[j] = hn
 
 
-@njit(**JIT)
-def lstm_forward(xp, U, bias, h, c, lengths, reverse, out, hprev, gates, cprev, tanhc,
-                 training, acc, scratch, fn, use_blas):
-    """Matches numpy_ref.lstm_step over all steps. h, c (B, H) hold h0, c0 and end as h_n, c_n.
+@njit(**PARALLEL)
+def lstm_forward(xp, Up, bias, h, c, lengths, reverse, out, hprev, gates, cprev, tanhc,
+                 training, acc, scratch_g, scratch_tc, chunk):
+    """Matches numpy_ref.lstm_step over all steps. h, c (Bp, H) hold h0, c0 and end as h_n, c_n.
 
     Tape per (t, b): gates i, f, g, o (4H), c_prev, tanh(c_new) and h_prev (H each).
-    scratch (4H + H,) takes the gates and tanh(c') when no tape is kept.
+    scratch_g (Bp, 4H) and scratch_tc (Bp, H) take them when no tape is kept.
     """
     T, B, H = out.shape
-    for s in range(T):
-        mm(fn, use_blas, h, U, acc, 0)
-        for b in range(B):
-            if s >= lengths[b]:
-                continue
-            t = time_of(s, b, lengths, reverse)
-            if training:
-                g, tc = gates[t, b], tanhc[t, b]
-                copy_row(cprev[t, b], c[b], H)
-                copy_row(hprev[t, b], h[b], H)
-            else:
-                g, tc = scratch[0], scratch[1]
-            x, a = xp[t, b], acc[b]
-            gates_sigm(g, x, a, bias, 0, 2 * H)
-            gates_tanh(g, x, a, bias, 2 * H, 3 * H)
-            gates_sigm(g, x, a, bias, 3 * H, 4 * H)
-            lstm_state_row(g, c[b], h[b], out[t, b], tc, H)
+    Bp = h.shape[0]
+    for ci in prange(-(-Bp // chunk)):
+        b0, b1 = chunk_rows(ci, chunk, Bp)
+        for s in range(T):
+            packed_gemm(h, b0, b1, Up, acc, 0)
+            for b in range(b0, min(b1, B)):
+                if s >= lengths[b]:
+                    continue
+                t = time_of(s, b, lengths, reverse)
+                if training:
+                    g, tc = gates[t, b], tanhc[t, b]
+                    copy_row(cprev[t, b], c[b], H)
+                    copy_row(hprev[t, b], h[b], H)
+                else:
+                    g, tc = scratch_g[b], scratch_tc[b]
+                x, a = xp[t, b], acc[b]
+                gates_sigm(g, x, a, bias, 0, 2 * H)
+                gates_tanh(g, x, a, bias, 2 * H, 3 * H)
+                gates_sigm(g, x, a, bias, 3 * H, 4 * H)
+                lstm_state_row(g, c[b], h[b], out[t, b], tc, H)
 
 
 @njit(**JIT)
@@ -244,21 +236,24 @@ def lstm_bwd_row(g, cp, tc, dhc, dcc, d, H):
         dhc[j] = zero
 
 
-@njit(**JIT)
-def lstm_backward(gates, cprev, tanhc, UT, lengths, reverse, simple, dh, has_dh, dh_carry,
-                  dc_carry, dG, ws, fn, use_blas):
+@njit(**PARALLEL)
+def lstm_backward(gates, cprev, tanhc, UTp, lengths, reverse, dh, has_dh, dh_carry, dc_carry,
+                  dG, ws, chunk):
     """Matches numpy_ref.lstm_step_backward over all steps; fills dG (T, B, 4H)."""
     T, B, H = cprev.shape
-    for s in range(T - 1, -1, -1):
-        for b in range(B):
-            if s >= lengths[b]:
-                continue
-            t = time_of(s, b, lengths, reverse)
-            if has_dh:
-                add_row(dh_carry[b], dh[t, b], H)
-            lstm_bwd_row(gates[t, b], cprev[t, b], tanhc[t, b], dh_carry[b], dc_carry[b],
-                         dG[t, b], H)
-        recurrent_grad(dG, s, lengths, reverse, simple, ws, UT, dh_carry, fn, use_blas)
+    Bp = dh_carry.shape[0]
+    for ci in prange(-(-Bp // chunk)):
+        b0, b1 = chunk_rows(ci, chunk, Bp)
+        for s in range(T - 1, -1, -1):
+            for b in range(b0, min(b1, B)):
+                if s >= lengths[b]:
+                    continue
+                t = time_of(s, b, lengths, reverse)
+                if has_dh:
+                    add_row(dh_carry[b], dh[t, b], H)
+                lstm_bwd_row(gates[t, b], cprev[t, b], tanhc[t, b], dh_carry[b], dc_carry[b],
+                             dG[t, b], H)
+            recurrent_grad(dG, s, lengths, reverse, ws, UTp, dh_carry, b0, b1)
 
 
 # ------------------------------------------------------------------------------------ GRU
@@ -281,28 +276,31 @@ def gru_state_row(g, x, a, bias, bn, h, o, H):
         o[j] = hnew
 
 
-@njit(**JIT)
-def gru_forward(xp, U, bias, bn, h, lengths, reverse, out, hprev, gates, training, acc, scratch,
-                fn, use_blas):
+@njit(**PARALLEL)
+def gru_forward(xp, Up, bias, bn, h, lengths, reverse, out, hprev, gates, training, acc, scratch,
+                chunk):
     """Matches numpy_ref.gru_step (reset after, cell 'gru') over all steps.
 
-    Tape per (t, b): r, z, n and hn = h @ U_n + bn (4H), h_prev (H).
+    Tape per (t, b): r, z, n and hn = h @ U_n + bn (4H), h_prev (H). scratch (Bp, 4H).
     """
     T, B, H = out.shape
-    for s in range(T):
-        mm(fn, use_blas, h, U, acc, 0)
-        for b in range(B):
-            if s >= lengths[b]:
-                continue
-            t = time_of(s, b, lengths, reverse)
-            if training:
-                g = gates[t, b]
-                copy_row(hprev[t, b], h[b], H)
-            else:
-                g = scratch
-            x, a = xp[t, b], acc[b]
-            gates_sigm(g, x, a, bias, 0, 2 * H)
-            gru_state_row(g, x, a, bias, bn, h[b], out[t, b], H)
+    Bp = h.shape[0]
+    for ci in prange(-(-Bp // chunk)):
+        b0, b1 = chunk_rows(ci, chunk, Bp)
+        for s in range(T):
+            packed_gemm(h, b0, b1, Up, acc, 0)
+            for b in range(b0, min(b1, B)):
+                if s >= lengths[b]:
+                    continue
+                t = time_of(s, b, lengths, reverse)
+                if training:
+                    g = gates[t, b]
+                    copy_row(hprev[t, b], h[b], H)
+                else:
+                    g = scratch[b]
+                x, a = xp[t, b], acc[b]
+                gates_sigm(g, x, a, bias, 0, 2 * H)
+                gru_state_row(g, x, a, bias, bn, h[b], out[t, b], H)
 
 
 @njit(**JIT)
@@ -333,24 +331,27 @@ def gru_bwd_row(g, hp, dhc, dx_row, dhn_row, w, H):
         dhc[j] = d * z
 
 
-@njit(**JIT)
-def gru_backward(gates, hprev, UT, lengths, reverse, dh, has_dh, dh_carry, dGx, dhn_all, ws,
-                 fn, use_blas):
+@njit(**PARALLEL)
+def gru_backward(gates, hprev, UTp, lengths, reverse, dh, has_dh, dh_carry, dGx, dhn_all, ws,
+                 chunk):
     """Matches numpy_ref.gru_step_backward for 'gru'. Fills dGx (T, B, 3H) = dL/d(xW + b)
-    and dhn_all (T, B, H) = dL/d(h @ U_n + bn)."""
+    and dhn_all (T, B, H) = dL/d(h @ U_n + bn). ws (Bp, 3H) must start zero."""
     T, B, H = hprev.shape
+    Bp = dh_carry.shape[0]
     zero = ws.dtype.type(0)
-    for s in range(T - 1, -1, -1):
-        for b in range(B):
-            if s >= lengths[b]:
-                fill_row(ws[b], zero, 3 * H)
-                continue
-            t = time_of(s, b, lengths, reverse)
-            if has_dh:
-                add_row(dh_carry[b], dh[t, b], H)
-            gru_bwd_row(gates[t, b], hprev[t, b], dh_carry[b], dGx[t, b], dhn_all[t, b], ws[b],
-                        H)
-        mm(fn, use_blas, ws, UT, dh_carry, 1)
+    for ci in prange(-(-Bp // chunk)):
+        b0, b1 = chunk_rows(ci, chunk, Bp)
+        for s in range(T - 1, -1, -1):
+            for b in range(b0, min(b1, B)):
+                if s >= lengths[b]:
+                    fill_row(ws[b], zero, 3 * H)
+                    continue
+                t = time_of(s, b, lengths, reverse)
+                if has_dh:
+                    add_row(dh_carry[b], dh[t, b], H)
+                gru_bwd_row(gates[t, b], hprev[t, b], dh_carry[b], dGx[t, b], dhn_all[t, b],
+                            ws[b], H)
+            packed_gemm(ws, b0, b1, UTp, dh_carry, 1)
 
 
 @njit(**JIT)
@@ -378,35 +379,38 @@ def gru_rb_state_row(g, x, a, an, bias, h, o, H):
         o[j] = hnew
 
 
-@njit(**JIT)
+@njit(**PARALLEL)
 def gru_rb_forward(xp, U_rz, U_n, bias, h, lengths, reverse, out, hprev, gates, training, acc,
-                   rh, acc_n, scratch, fn, use_blas):
+                   rh, acc_n, scratch, chunk):
     """Matches numpy_ref.gru_step for 'gru_reset_before': n = tanh(xW_n + b_n + (r*h) @ U_n).
 
-    Tape per (t, b): r, z, n (3H), h_prev (H). acc (B, 2H), rh, acc_n (B, H) and
-    scratch (B, 3H) are workspace.
+    Tape per (t, b): r, z, n (3H), h_prev (H). U_rz, U_n packed; acc, rh, acc_n and
+    scratch (Bp, 3H) are workspace; rh must start zero.
     """
     T, B, H = out.shape
+    Bp = h.shape[0]
     zero = rh.dtype.type(0)
-    for s in range(T):
-        mm(fn, use_blas, h, U_rz, acc, 0)
-        for b in range(B):
-            if s >= lengths[b]:
-                fill_row(rh[b], zero, H)
-                continue
-            t = time_of(s, b, lengths, reverse)
-            g = gates[t, b] if training else scratch[b]
-            gates_sigm(g, xp[t, b], acc[b], bias, 0, 2 * H)
-            gru_rb_rh_row(g, h[b], rh[b], H)
-        mm(fn, use_blas, rh, U_n, acc_n, 0)
-        for b in range(B):
-            if s >= lengths[b]:
-                continue
-            t = time_of(s, b, lengths, reverse)
-            g = gates[t, b] if training else scratch[b]
-            if training:
-                copy_row(hprev[t, b], h[b], H)
-            gru_rb_state_row(g, xp[t, b], acc[b], acc_n[b], bias, h[b], out[t, b], H)
+    for ci in prange(-(-Bp // chunk)):
+        b0, b1 = chunk_rows(ci, chunk, Bp)
+        for s in range(T):
+            packed_gemm(h, b0, b1, U_rz, acc, 0)
+            for b in range(b0, min(b1, B)):
+                if s >= lengths[b]:
+                    fill_row(rh[b], zero, H)
+                    continue
+                t = time_of(s, b, lengths, reverse)
+                g = gates[t, b] if training else scratch[b]
+                gates_sigm(g, xp[t, b], acc[b], bias, 0, 2 * H)
+                gru_rb_rh_row(g, h[b], rh[b], H)
+            packed_gemm(rh, b0, b1, U_n, acc_n, 0)
+            for b in range(b0, min(b1, B)):
+                if s >= lengths[b]:
+                    continue
+                t = time_of(s, b, lengths, reverse)
+                g = gates[t, b] if training else scratch[b]
+                if training:
+                    copy_row(hprev[t, b], h[b], H)
+                gru_rb_state_row(g, xp[t, b], acc[b], acc_n[b], bias, h[b], out[t, b], H)
 
 
 @njit(**JIT)
@@ -444,28 +448,31 @@ def gru_rb_bwd_row2(g, hp, drh, dhc, dx_row, rh_row, w, H):
         w[h1 + j] = dx_row[h1 + j]
 
 
-@njit(**JIT)
+@njit(**PARALLEL)
 def gru_rb_backward(gates, hprev, UT_rz, UT_n, lengths, reverse, dh, has_dh, dh_carry, dGx,
-                    rh_all, ws_n, ws_rz, drh, fn, use_blas):
+                    rh_all, ws_n, ws_rz, drh, chunk):
     """Matches numpy_ref.gru_step_backward for 'gru_reset_before'. Fills dGx (T, B, 3H) and
-    rh_all (T, B, H) = r * h_prev (the input of U_n, for dU)."""
+    rh_all (T, B, H) = r * h_prev (the input of U_n, for dU). ws_n, ws_rz must start zero."""
     T, B, H = hprev.shape
+    Bp = dh_carry.shape[0]
     zero = ws_n.dtype.type(0)
-    for s in range(T - 1, -1, -1):
-        for b in range(B):
-            if s >= lengths[b]:
-                fill_row(ws_n[b], zero, H)
-                continue
-            t = time_of(s, b, lengths, reverse)
-            if has_dh:
-                add_row(dh_carry[b], dh[t, b], H)
-            gru_rb_bwd_row1(gates[t, b], hprev[t, b], dh_carry[b], dGx[t, b], ws_n[b], H)
-        mm(fn, use_blas, ws_n, UT_n, drh, 0)
-        for b in range(B):
-            if s >= lengths[b]:
-                fill_row(ws_rz[b], zero, 2 * H)
-                continue
-            t = time_of(s, b, lengths, reverse)
-            gru_rb_bwd_row2(gates[t, b], hprev[t, b], drh[b], dh_carry[b], dGx[t, b],
-                            rh_all[t, b], ws_rz[b], H)
-        mm(fn, use_blas, ws_rz, UT_rz, dh_carry, 1)
+    for ci in prange(-(-Bp // chunk)):
+        b0, b1 = chunk_rows(ci, chunk, Bp)
+        for s in range(T - 1, -1, -1):
+            for b in range(b0, min(b1, B)):
+                if s >= lengths[b]:
+                    fill_row(ws_n[b], zero, H)
+                    continue
+                t = time_of(s, b, lengths, reverse)
+                if has_dh:
+                    add_row(dh_carry[b], dh[t, b], H)
+                gru_rb_bwd_row1(gates[t, b], hprev[t, b], dh_carry[b], dGx[t, b], ws_n[b], H)
+            packed_gemm(ws_n, b0, b1, UT_n, drh, 0)
+            for b in range(b0, min(b1, B)):
+                if s >= lengths[b]:
+                    fill_row(ws_rz[b], zero, 2 * H)
+                    continue
+                t = time_of(s, b, lengths, reverse)
+                gru_rb_bwd_row2(gates[t, b], hprev[t, b], drh[b], dh_carry[b], dGx[t, b],
+                                rh_all[t, b], ws_rz[b], H)
+            packed_gemm(ws_rz, b0, b1, UT_rz, dh_carry, 1)
