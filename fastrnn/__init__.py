@@ -5,14 +5,23 @@ and ``cupy`` (GPU). See DESIGN.md and the README for the contract.
 """
 
 import os as _os
+import sys as _sys
 
-# OpenBLAS keeps idle worker threads spinning for 2^28 cycles (~0.1 s) after each call. On
-# a machine with few cores that time is stolen from whatever runs next (PyTorch's OpenMP
-# threads, a second BLAS). fastrnn's kernels call BLAS every few microseconds, so a
-# 2^20-cycle (~0.3 ms) timeout keeps the threads hot inside a pass and idle soon after.
-# Only a default: an explicit OPENBLAS_THREAD_TIMEOUT wins, and it takes effect only if
-# NumPy was not imported before fastrnn.
-_os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "20")
+
+def _tune_openblas_before_numpy() -> None:
+    """Shorten how long OpenBLAS's idle threads spin, if NumPy is not loaded yet and the
+    user set nothing.
+
+    They spin for 2^28 cycles (~0.1 s) after each call; on a machine with few cores that
+    time is stolen from whatever runs next (PyTorch's OpenMP threads, say: a PyTorch call
+    right after a NumPy one was measured 40x slower here). fastrnn calls BLAS in bursts, so
+    2^20 cycles (~0.3 ms) keeps the threads hot within a pass and idle soon after.
+    """
+    if "numpy" not in _sys.modules:
+        _os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "20")
+
+
+_tune_openblas_before_numpy()
 
 from . import cells  # noqa: E402
 from .api import (ForwardResult, Gradients, ReadoutTape, Tape, backward, forward, readout,
