@@ -55,11 +55,20 @@ def test_fast_backend_agrees_with_reference(backend, problem):
         res = fastrnn.forward(cell, x, params, h0, c0, lengths=lens, reverse=reverse,
                               backend=name)
         out[name] = res, fastrnn.backward(res.tape, dh, dh_n, dc_n)
-    # The same inputs in float64: the yardstick for float32 (see assert_matches_reference).
+    # The same inputs in float64: the yardstick for float32 (see assert_matches_reference),
+    # and the float32 reference on inputs moved by one ulp: how much float32 rounding alone
+    # can move the result of this problem.
     up = (lambda a: None if a is None else np.asarray(a, dtype=np.float64))
     res64 = fastrnn.forward(cell, up(x), {k: up(v) for k, v in params.items()}, up(h0), up(c0),
                             lengths=lens, reverse=reverse, backend="numpy")
     out["float64"] = res64, fastrnn.backward(res64.tape, up(dh), up(dh_n), up(dc_n))
+    eps = np.finfo(dtype).eps
+    nudge = (lambda a: None if a is None else
+             (a * (1 + eps * np.where(np.arange(a.size).reshape(a.shape) % 2, 1, -1))
+              ).astype(dtype))
+    resp = fastrnn.forward(cell, nudge(x), {k: nudge(v) for k, v in params.items()}, nudge(h0),
+                           nudge(c0), lengths=lens, reverse=reverse, backend="numpy")
+    out["perturbed"] = resp, fastrnn.backward(resp.tape, dh, dh_n, dc_n)
 
     def results(name):
         r, g = out[name]
@@ -70,9 +79,11 @@ def test_fast_backend_agrees_with_reference(backend, problem):
         return vals
 
     fast, ref, ref64 = results(backend), results("numpy"), results("float64")
+    pert = results("perturbed")
     for name in ref:
         kind = "forward" if name in ("h", "h_n", "c_n") else "grad"
-        err = assert_matches_reference(fast[name], ref[name], ref64[name], dtype, kind, name)
+        err = assert_matches_reference(fast[name], ref[name], ref64[name], dtype, kind, name,
+                                       perturbed=pert[name])
         record_error(f"{backend} vs reference {dtype} {kind} (hypothesis)", err)
 
 

@@ -1,13 +1,14 @@
 """The Numba backend: the whole time loop in fused, compiled kernels (fast CPU path).
 
 Plan of a forward pass (see DESIGN.md, "How speed is reached"):
-1. ``xp = x @ W`` for all T*B rows: one BLAS GEMM before the loop; U packed into panels once.
+1. ``xp = x @ W`` for all T*B rows: one GEMM before the loop; U packed into panels once.
 2. One kernel call runs every step: ``h @ U`` through the packed GEMM of
    :mod:`.numba_gemm`, then one pass that adds ``xp`` and the bias, applies the gates,
    updates the state, masks by ``lengths`` and writes the tape. The batch is split into
    chunks that run the whole loop on their own threads.
 Backward mirrors it: only ``dgates @ U^T`` runs per step; ``dW``, ``dU``, ``db`` and ``dx``
-are each one GEMM (or sum) over all T*B rows after the loop, through NumPy's BLAS.
+are each one GEMM (or sum) over all T*B rows after the loop. Every GEMM runs on the
+micro-kernel of :mod:`.numba_gemm`, threaded over rows.
 
 What the tape holds per (t, b), beyond x and the params (H floats each unless stated):
 rnn h_prev and h (shared: one (T+1, B, H) buffer without lengths); lstm gates i, f, g, o
@@ -15,10 +16,9 @@ rnn h_prev and h (shared: one (T+1, B, H) buffer without lengths); lstm gates i,
 r, z, n (3H), h_prev. Inference (``training=False``) keeps no tape and allocates only the
 outputs and a few (B, G*H) work buffers per call, nothing per step.
 
-Threads: the kernels use Numba's thread pool (``NUMBA_NUM_THREADS``, or
-``numba.set_num_threads`` at run time) for batch chunks of at least
-:data:`ROWS_PER_THREAD` rows; the GEMMs before and after the loop use the BLAS pool
-(``OPENBLAS_NUM_THREADS`` or threadpoolctl). The two never run at the same time.
+Threads: everything runs on Numba's thread pool (``NUMBA_NUM_THREADS``, or
+``numba.set_num_threads`` at run time): the time loop over batch chunks of at least
+:data:`ROWS_PER_THREAD` rows, the GEMMs over row tiles. BLAS is not called.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import numpy as np
 
 from . import numba_kernels as K
 from .base import BackwardOut, ForwardOut
-from .numba_gemm import MR, NR, pack_panels, padded
+from .numba_gemm import MR, NR, matmul, pack_panels, padded
 from .numpy_ref import NumpyBackend
 
 # A thread gets at least this many batch rows: below, waking a second thread costs more
@@ -82,7 +82,8 @@ class NumbaBackend(NumpyBackend):
         Bp, chunk = padded(B, MR), chunk_size(B)
         masked = lengths is not None
         lens = lengths if masked else np.full(B, T, dtype=np.int64)
-        xp = (x.reshape(T * B, I) @ params["W"]).reshape(T, B, G * H)
+        # rows of xp are G*H wide, padded up to the micro-kernel's panel width
+        xp = matmul(x.reshape(T * B, I), params["W"], keep_padding=True).reshape(T, B, -1)
         h = _padded_rows(h0, Bp)
         c = _padded_rows(c0, Bp) if cell.has_cell_state else None
 
@@ -191,18 +192,16 @@ class NumbaBackend(NumpyBackend):
             # Padded rows of x are never read by the forward: keep a NaN there out of dW.
             valid = (np.arange(T)[:, None] < lens[None, :]).reshape(rows, 1)
             x2 = np.where(valid, x2, 0)
-        grads["W"] = x2.T @ dGx2
+        grads["W"] = matmul(x2.T, dGx2)
         if u_inputs is None:                        # U sees h_prev in every gate column
-            grads["U"] = hprev2.T @ dGx2
+            grads["U"] = matmul(hprev2.T, dGx2)
         else:                                       # GRUs: the n columns see another input
             n_input, n_grad = u_inputs
-            dU = np.empty((H, G * H), dtype=dt)
-            np.matmul(hprev2.T, dGx2[:, :2 * H], out=dU[:, :2 * H])
             n_grad = dGx2[:, 2 * H:] if n_grad is None else n_grad.reshape(rows, H)
-            np.matmul(n_input.reshape(rows, H).T, n_grad, out=dU[:, 2 * H:])
-            grads["U"] = dU
+            grads["U"] = np.concatenate([matmul(hprev2.T, dGx2[:, :2 * H]),
+                                         matmul(n_input.reshape(rows, H).T, n_grad)], axis=1)
         grads["b"] = dGx2.sum(axis=0)
-        dx = (dGx2 @ W.T).reshape(T, B, I)
+        dx = np.ascontiguousarray(matmul(dGx2, W.T)).reshape(T, B, I)
         ordered = {k: grads[k] for k in cell.param_names}
         dh0 = np.ascontiguousarray(dh_carry[:B, :H])
         dc0 = None if dc_carry is None else dc_carry[:B]

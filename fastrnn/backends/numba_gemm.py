@@ -24,13 +24,15 @@ from __future__ import annotations
 import llvmlite.binding as _llvm
 import numpy as np
 from llvmlite import ir
-from numba import njit, types
+import numba
+from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .numba_math import JIT
 
 MR = 4                                            # rows of a tile
+KC = 256                                          # depth of a block of B kept in cache
 _WIDE = bool(_llvm.get_host_cpu_features().get("avx512f"))
 LANES = {4: 16 if _WIDE else 8, 8: 8 if _WIDE else 4}    # vector lanes per itemsize
 NR = {size: 4 * lanes for size, lanes in LANES.items()}  # columns of a tile: 4 vectors
@@ -41,7 +43,7 @@ def _microkernel_codegen(float_type, lanes):
     i64 = ir.IntType(64)
 
     def codegen(context, builder, signature, args):
-        a_addr, lda, bp_addr, K, c_addr, ldc, accumulate = args
+        a_addr, a_rs, a_ks, bp_addr, ldb, K, c_addr, ldc, accumulate = args
         vec = ir.VectorType(float_type, lanes)
         fptr, vptr = float_type.as_pointer(), vec.as_pointer()
         fma = cgutils.get_or_insert_function(
@@ -55,13 +57,13 @@ def _microkernel_codegen(float_type, lanes):
         splat = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)
         with cgutils.for_range(builder, K) as loop:
             k = loop.index
-            row = builder.gep(Bp, [builder.mul(k, ir.Constant(i64, nr))])
+            row = builder.gep(Bp, [builder.mul(k, ldb)])
             b = [builder.load(builder.bitcast(builder.gep(row, [ir.Constant(i64, lanes * q)]),
                                               vptr), align=4)
                  for q in range(4)]
             for r in range(MR):
                 a = builder.load(builder.gep(A, [builder.add(
-                    builder.mul(ir.Constant(i64, r), lda), k)]), align=4)
+                    builder.mul(ir.Constant(i64, r), a_rs), builder.mul(k, a_ks))]), align=4)
                 av = builder.insert_element(ir.Constant(vec, None), a, ir.Constant(ir.IntType(32), 0))
                 av = builder.shuffle_vector(av, ir.Constant(vec, None), splat)
                 for q in range(4):
@@ -80,18 +82,21 @@ def _microkernel_codegen(float_type, lanes):
     return codegen
 
 
-_SIG = types.void(types.int64, types.int64, types.int64, types.int64, types.int64, types.int64,
-                  types.int64)
+_SIG = types.void(*([types.int64] * 9))
 
 
 @intrinsic
-def microkernel_f32(typingctx, a_addr, lda, bp_addr, K, c_addr, ldc, accumulate):
-    """C[0:MR, 0:NR] (+)= A[0:MR, 0:K] @ panel, float32; addresses and strides in elements."""
+def microkernel_f32(typingctx, a_addr, a_rs, a_ks, b_addr, ldb, K, c_addr, ldc, accumulate):
+    """C[0:MR, 0:NR] (+)= A[0:MR, 0:K] @ B[0:K, 0:NR], float32.
+
+    Addresses in bytes; strides in elements: A[r, k] at a_addr + (r*a_rs + k*a_ks), B's
+    rows ldb apart (NR for a packed panel), C's rows ldc apart.
+    """
     return _SIG, _microkernel_codegen(ir.FloatType(), LANES[4])
 
 
 @intrinsic
-def microkernel_f64(typingctx, a_addr, lda, bp_addr, K, c_addr, ldc, accumulate):
+def microkernel_f64(typingctx, a_addr, a_rs, a_ks, b_addr, ldb, K, c_addr, ldc, accumulate):
     """The float64 twin of :func:`microkernel_f32`."""
     return _SIG, _microkernel_codegen(ir.DoubleType(), LANES[8])
 
@@ -113,6 +118,14 @@ def padded(n: int, multiple: int) -> int:
 
 
 @njit(**JIT)
+def tile(a_addr, a_rs, a_ks, b_addr, ldb, K, c_addr, ldc, accumulate, size):
+    if size == 4:
+        microkernel_f32(a_addr, a_rs, a_ks, b_addr, ldb, K, c_addr, ldc, accumulate)
+    else:
+        microkernel_f64(a_addr, a_rs, a_ks, b_addr, ldb, K, c_addr, ldc, accumulate)
+
+
+@njit(**JIT)
 def packed_gemm(A, r0, r1, Up, C, accumulate):
     """C[r0:r1] (+)= A[r0:r1] @ U for U packed by :func:`pack_panels`.
 
@@ -126,9 +139,58 @@ def packed_gemm(A, r0, r1, Up, C, accumulate):
         a_addr = a0 + i * lda * size
         c_row = c0 + i * ldc * size
         for p in range(P):
-            if size == 4:
-                microkernel_f32(a_addr, lda, u0 + p * K * nr * size, K, c_row + p * nr * size,
-                                ldc, accumulate)
-            else:
-                microkernel_f64(a_addr, lda, u0 + p * K * nr * size, K, c_row + p * nr * size,
-                                ldc, accumulate)
+            tile(a_addr, lda, 1, u0 + p * K * nr * size, nr, K, c_row + p * nr * size, ldc,
+                 accumulate, size)
+
+
+@njit(**dict(JIT, parallel=True))
+def _gemm_rows(A, Bm, C, tiles_per_chunk, nr):
+    """C[:Mt] = A[:Mt] @ Bm for the Mt = MR * (M // MR) rows of whole tiles, threaded.
+
+    A any strides (a view), Bm (K, N) C-contiguous with N a multiple of NR, C (M, N).
+    """
+    M, K = A.shape
+    N = Bm.shape[1]
+    size = A.itemsize
+    a_rs, a_ks = A.strides[0] // size, A.strides[1] // size
+    tiles = M // MR
+    for ci in prange(-(-tiles // tiles_per_chunk)):
+        t0, t1 = ci * tiles_per_chunk, min((ci + 1) * tiles_per_chunk, tiles)
+        for kb in range(0, K, KC):              # a KC x NR block of B stays in cache
+            kc = min(KC, K - kb)
+            for j in range(0, N, nr):
+                for ti in range(t0, t1):
+                    i = ti * MR
+                    tile(A.ctypes.data + (i * a_rs + kb * a_ks) * size, a_rs, a_ks,
+                         Bm.ctypes.data + (kb * N + j) * size, N, kc,
+                         C.ctypes.data + (i * N + j) * size, N, kb > 0, size)
+
+
+def matmul(A: np.ndarray, B: np.ndarray, keep_padding: bool = False) -> np.ndarray:
+    """A (M, K) @ B (K, N) with the micro-kernel, rows of A split over Numba's threads.
+
+    A may be any strided view (a transpose costs no copy); B is copied only to pad its
+    columns to a multiple of NR. The last M % MR rows go through NumPy. With keep_padding
+    the result is the contiguous (M, N rounded up to NR) array, zero past column N.
+
+    Against NumPy's OpenBLAS (2 threads, AVX2 kernels as this machine's environment pins)
+    on the dev machine, float32: (6400, 256) x (256, 1024) 324 vs 219 GFLOP/s;
+    (256, 6400) x (6400, 1024) 265 vs 186; (6400, 1024) x (1024, 256) 298 vs 175.
+    """
+    M, K = A.shape
+    N = B.shape[1]
+    nr = NR[A.dtype.itemsize]
+    Np = padded(N, nr)
+    if Np == N and B.flags.c_contiguous:
+        Bm = B
+    else:
+        Bm = np.zeros((K, Np), dtype=B.dtype)
+        Bm[:, :N] = B
+    C = np.empty((M, Np), dtype=A.dtype)
+    tiles = M // MR
+    if tiles:
+        threads = max(1, min(numba.get_num_threads(), tiles))
+        _gemm_rows(A, Bm, C, -(-tiles // threads), nr)
+    if M % MR:
+        C[tiles * MR:] = A[tiles * MR:] @ Bm
+    return C if Np == N or keep_padding else C[:, :N]
