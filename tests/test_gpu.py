@@ -1,0 +1,360 @@
+"""GPU-specific checks of the cupy backend (marked ``gpu``; skipped, with the reason, where
+CuPy or a CUDA device is missing).
+
+Agreement with the reference for every cell, dtype, lengths, reverse and upstream gradient
+is in test_backends.py, which runs on the cupy backend too. Here: results are CuPy arrays
+on the device, user arrays are never written, 16-bit storage, bitwise determinism, the
+padding of a batch never leaks NaN into the GEMMs over all rows, grid-stride loops past
+one launch, a non-default stream, the tape checksum of device arrays, one compilation per
+kernel, and agreement with PyTorch's cuDNN RNNs on the same GPU.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import fastrnn
+from conftest import make_problem, make_upstream, require_backend
+from tolerances import TOLERANCES, TORCH_TOLERANCES, assert_close
+
+pytestmark = pytest.mark.gpu
+
+CELLS = ["rnn_tanh", "rnn_relu", "lstm", "gru", "gru_reset_before"]
+
+
+@pytest.fixture(scope="module")
+def cp():
+    """The cupy module, once the cupy backend can run here (else the test is skipped)."""
+    require_backend("cupy")
+    import cupy
+    return cupy
+
+
+def _results(res, g):
+    """Every array of a forward result and its gradients, by name."""
+    out = {"h": res.h, "h_n": res.h_n, "dx": g.dx, "dh0": g.dh0}
+    if res.c_n is not None:
+        out.update(c_n=res.c_n, dc0=g.dc0)
+    out.update({f"d{k}": v for k, v in g.params.items()})
+    return out
+
+
+def _run(cell, x, params, h0, c0, lens, reverse, dh, dh_n, dc_n, backend="cupy"):
+    res = fastrnn.forward(cell, x, params, h0, c0, lengths=lens, reverse=reverse,
+                          backend=backend)
+    return res, fastrnn.backward(res.tape, dh, dh_n, dc_n)
+
+
+def _to_device(cp, *arrays):
+    return [None if a is None else (cp.asarray(a) if isinstance(a, np.ndarray) else
+                                    {k: cp.asarray(v) for k, v in a.items()})
+            for a in arrays]
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_results_are_device_arrays_on_the_device_of_x(cp, rng, cell):
+    x, params, h0, c0, lens = make_problem(rng, cell, 5, 3, 4, 6, "float32", lengths=True,
+                                           states=True)
+    dh, dh_n, dc_n = make_upstream(rng, cell, 5, 3, 6, "float32")
+    xd, pd, h0d, c0d, dhd, dh_nd, dc_nd = _to_device(cp, x, params, h0, c0, dh, dh_n, dc_n)
+    res = fastrnn.forward(cell, xd, pd, h0d, c0d, lengths=lens, backend="auto")
+    assert res.tape.backend.name == "cupy", "backend='auto' must pick cupy for CuPy arrays"
+    g = fastrnn.backward(res.tape, dhd, dh_nd, dc_nd)
+    device = xd.device.id
+    for name, a in _results(res, g).items():
+        assert isinstance(a, cp.ndarray), f"{name}: {type(a).__name__}, not cupy.ndarray"
+        assert a.device.id == device, f"{name} on device {a.device.id}, x on {device}"
+        assert a.dtype == np.float32, f"{name}: dtype {a.dtype}"
+    # NumPy inputs with backend="cupy" are copied to the device; results are CuPy arrays.
+    res_np, g_np = _run(cell, x, params, h0, c0, lens, False, dh, dh_n, dc_n)
+    for name, a in _results(res_np, g_np).items():
+        assert isinstance(a, cp.ndarray), f"{name} from NumPy inputs: {type(a).__name__}"
+    for name, a in _results(res, g).items():
+        assert bool((a == _results(res_np, g_np)[name]).all()), f"{name} differs by input kind"
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_user_arrays_are_never_written(cp, rng, cell):
+    """States and carried gradients are updated in place inside the kernels: on copies."""
+    x, params, h0, c0, lens = make_problem(rng, cell, 6, 4, 3, 5, "float64", lengths=True,
+                                           states=True)
+    dh, dh_n, dc_n = make_upstream(rng, cell, 6, 4, 5, "float64")
+    dev = _to_device(cp, x, params, h0, c0, dh, dh_n, dc_n)
+    before = [None if a is None else (a.copy() if not isinstance(a, dict) else
+                                      {k: v.copy() for k, v in a.items()}) for a in dev]
+    for training in (True, False):
+        res = fastrnn.forward(cell, dev[0], dev[1], dev[2], dev[3], lengths=lens,
+                              reverse=True, backend="cupy", training=training)
+        if training:
+            fastrnn.backward(res.tape, dev[4], dev[5], dev[6])
+    for name, a, b in zip(("x", "params", "h0", "c0", "dh", "dh_n", "dc_n"), dev, before):
+        if a is None:
+            continue
+        pairs = a.items() if isinstance(a, dict) else [("", a)]
+        for k, v in pairs:
+            ref = b[k] if isinstance(b, dict) else b
+            assert bool((v == ref).all()), f"{name}{k} was modified"
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_two_runs_are_bitwise_identical(cp, rng, cell):
+    """No atomics: the same inputs give the same bits, gradients included."""
+    x, params, h0, c0, lens = make_problem(rng, cell, 20, 64, 96, 256, "float32",
+                                           lengths=True, states=True)
+    dh, dh_n, dc_n = make_upstream(rng, cell, 20, 64, 256, "float32")
+    args = _to_device(cp, x, params, h0, c0) + [lens, True] + _to_device(cp, dh, dh_n, dc_n)
+    first = {k: v.get() for k, v in _results(*_run(cell, *args)).items()}
+    for _ in range(2):
+        again = _results(*_run(cell, *args))
+        for name, a in again.items():
+            assert np.array_equal(a.get(), first[name], equal_nan=True), f"{name} changed bits"
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("cell", CELLS)
+def test_nan_in_padding_does_not_leak(cp, rng, cell, reverse):
+    """dW and dx come from GEMMs over all T*B rows, padding included: a NaN that a caller
+    left in padded x or dh must not reach any result (0 * NaN is NaN)."""
+    T, B, I, H = 7, 5, 4, 6
+    x, params, h0, c0, _ = make_problem(rng, cell, T, B, I, H, "float64", states=True)
+    lens = np.array([T, 3, 1, 5, 2])
+    dh, dh_n, dc_n = make_upstream(rng, cell, T, B, H, "float64")
+    x_nan, dh_nan = x.copy(), dh.copy()
+    for b, n in enumerate(lens):
+        x[n:, b] = 0.0
+        dh[n:, b] = 0.0
+        x_nan[n:, b] = np.nan
+        dh_nan[n:, b] = np.nan
+    ref = _results(*_run(cell, x, params, h0, c0, lens, reverse, dh, dh_n, dc_n, "numpy"))
+    got = _results(*_run(cell, *_to_device(cp, x_nan, params, h0, c0), lens, reverse,
+                         *_to_device(cp, dh_nan, dh_n, dc_n)))
+    for name, a in got.items():
+        a = a.get()
+        assert np.isfinite(a).all(), f"{name}: NaN from the padding leaked"
+        assert_close(a, ref[name], "float64", "forward" if name in ("h", "h_n", "c_n")
+                     else "grad", f"{cell} {name}")
+
+
+def _tolerance_16(dtype: str):
+    if dtype not in TOLERANCES:
+        pytest.fail(f"fastrnn/tolerances.py has no TOLERANCES[{dtype!r}] entry (forward, "
+                    f"grad) for the GPU's 16-bit storage")
+    return TOLERANCES
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_16bit_storage_matches_the_float64_reference(cp, rng, cell, dtype):
+    """16-bit storage, float32 arithmetic: against the float64 reference run on the same
+    rounded inputs. rnn_relu's gradients are left out: relu' jumps at 0, so a pre-activation
+    within rounding of 0 flips its mask, an O(1) change at that element whatever the
+    precision (forward outputs are still compared)."""
+    be = require_backend("cupy")
+    if dtype == "bfloat16":
+        ml_dtypes = pytest.importorskip("ml_dtypes", reason="bfloat16 storage needs ml_dtypes")
+        low = np.dtype(ml_dtypes.bfloat16)
+    else:
+        low = np.dtype(dtype)
+    assert low.name in be.dtypes, (f"the cupy backend does not list {low.name} in its dtypes "
+                                   f"{be.dtypes} (CuPy {cp.__version__})")
+    table = _tolerance_16(low.name)
+    T, B, I, H = 30, 8, 64, 64
+    x, params, h0, c0, lens = make_problem(rng, cell, T, B, I, H, "float64", lengths=True,
+                                           states=True)
+    dh, dh_n, dc_n = make_upstream(rng, cell, T, B, H, "float64")
+    rnd = [None if a is None else (a.astype(low) if isinstance(a, np.ndarray) else
+                                   {k: v.astype(low) for k, v in a.items()})
+           for a in (x, params, h0, c0, dh, dh_n, dc_n)]
+    up = [None if a is None else (a.astype(np.float64) if isinstance(a, np.ndarray) else
+                                  {k: v.astype(np.float64) for k, v in a.items()})
+          for a in rnd]
+    ref = _results(*_run(cell, *up[:4], lens, True, *up[4:], backend="numpy"))
+    got = _results(*_run(cell, *_to_device(cp, *rnd[:4]), lens, True,
+                         *_to_device(cp, *rnd[4:])))
+    for name, a in got.items():
+        assert a.dtype == low, f"{name}: dtype {a.dtype}, expected {low}"
+        kind = "forward" if name in ("h", "h_n", "c_n") else "grad"
+        if kind == "grad" and cell == "rnn_relu":
+            continue
+        assert_close(a.get().astype(np.float64), ref[name], low.name, kind,
+                     f"{cell} {name}", table=table)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru_reset_before", "rnn_tanh"])
+def test_sizes_beyond_one_launch(cp, rng, cell):
+    """T*B*I past 65536 blocks of 256 threads: the grid-stride loops of gather_steps."""
+    T, B, I, H = 64, 256, 1040, 16
+    x, params, h0, c0, lens = make_problem(rng, cell, T, B, I, H, "float32", lengths=True)
+    dh, dh_n, dc_n = make_upstream(rng, cell, T, B, H, "float32")
+    assert T * B * I > (1 << 16) * 256
+    ref = _results(*_run(cell, x, params, h0, c0, lens, True, dh, dh_n, dc_n, "numpy"))
+    got = _results(*_run(cell, *_to_device(cp, x, params, h0, c0), lens, True,
+                         *_to_device(cp, dh, dh_n, dc_n)))
+    for name, a in got.items():
+        assert_close(a, ref[name], "float32", "forward" if name in ("h", "h_n", "c_n")
+                     else "grad", f"{cell} {name}")
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_runs_on_the_current_stream(cp, rng, cell):
+    """Kernels and GEMMs go to CuPy's current stream (fastrnn.torch sets torch's stream)."""
+    x, params, h0, c0, lens = make_problem(rng, cell, 12, 16, 32, 64, "float32",
+                                           lengths=True, states=True)
+    dh, dh_n, dc_n = make_upstream(rng, cell, 12, 16, 64, "float32")
+    args = _to_device(cp, x, params, h0, c0) + [lens, True] + _to_device(cp, dh, dh_n, dc_n)
+    base = {k: v.get() for k, v in _results(*_run(cell, *args)).items()}
+    stream = cp.cuda.Stream(non_blocking=True)
+    with stream:
+        got = _results(*_run(cell, *args))
+    stream.synchronize()
+    for name, a in got.items():
+        assert np.array_equal(a.get(), base[name]), f"{name} differs on another stream"
+
+
+def test_tape_checksum_sees_device_arrays_changed_in_place(cp, rng):
+    x, params, h0, c0, _ = make_problem(rng, "lstm", 4, 3, 5, 6, "float32")
+    xd, pd = _to_device(cp, x, params)
+    res = fastrnn.forward("lstm", xd, pd, backend="cupy")
+    pd["U"] += 1.0
+    with pytest.raises(ValueError, match="changed in place"):
+        fastrnn.backward(res.tape, dh_n=cp.ones((3, 6), dtype=cp.float32))
+
+
+def test_each_kernel_is_compiled_once(cp, rng):
+    from fastrnn.backends import cupy_backend
+    x, params, h0, c0, lens = make_problem(rng, "gru", 4, 3, 5, 6, "float32", lengths=True)
+    args = _to_device(cp, x, params) + [None, None, lens, True, None, cp.ones((3, 6), "f4"),
+                                        None]
+    _run("gru", *args)
+    modules = dict(cupy_backend._modules)
+    _run("gru", *args)
+    assert cupy_backend._modules == modules, "a second call compiled again"
+
+
+# ------------------------------------------------------------------------------ cuDNN
+
+TORCH_CELLS = {"lstm": "LSTM", "gru": "GRU", "rnn_tanh": "RNN", "rnn_relu": "RNN"}
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("cell", list(TORCH_CELLS))
+def test_matches_cudnn_on_the_same_gpu(cp, rng, cell, dtype):
+    """PyTorch's nn.LSTM / GRU / RNN through cuDNN (TF32 off), forward and every gradient."""
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("PyTorch here has no CUDA (a CPU build, or no device it can use)")
+    if not torch.backends.cudnn.is_available():
+        pytest.skip("PyTorch here has no cuDNN")
+    from fastrnn import convert
+    T, B, I, H = 25, 8, 12, 32
+    x, params, h0, c0, _ = make_problem(rng, cell, T, B, I, H, dtype, states=True)
+    dh, dh_n, dc_n = make_upstream(rng, cell, T, B, H, dtype)
+    ours = _results(*_run(cell, *_to_device(cp, x, params, h0, c0), None, False,
+                          *_to_device(cp, dh, dh_n, dc_n)))
+
+    kwargs = {"nonlinearity": cell[4:]} if cell.startswith("rnn_") else {}
+    tdt = getattr(torch, dtype)
+    module = getattr(torch.nn, TORCH_CELLS[cell])(I, H, **kwargs).to("cuda", tdt)
+    convert.to_torch(cell, params, module)
+    dev = lambda a: torch.tensor(a, device="cuda", dtype=tdt)          # noqa: E731
+    xt = dev(x).requires_grad_(True)
+    h0t = dev(h0[None]).requires_grad_(True)
+    tf32 = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        with torch.backends.cudnn.flags(enabled=True):
+            if cell == "lstm":
+                c0t = dev(c0[None]).requires_grad_(True)
+                out, (hn, cn) = module(xt, (h0t, c0t))
+                loss = ((out * dev(dh)).sum() + (hn[0] * dev(dh_n)).sum()
+                        + (cn[0] * dev(dc_n)).sum())
+            else:
+                out, hn = module(xt, h0t)
+                loss = (out * dev(dh)).sum() + (hn[0] * dev(dh_n)).sum()
+            loss.backward()
+    finally:
+        torch.backends.cudnn.allow_tf32 = tf32
+    G = fastrnn.get_cell(cell).num_gates
+    theirs = {"h": out, "h_n": hn[0], "dx": xt.grad, "dh0": h0t.grad[0],
+              "dW": module.weight_ih_l0.grad.T, "dU": module.weight_hh_l0.grad.T,
+              "db": module.bias_ih_l0.grad}
+    if cell == "lstm":
+        theirs.update(c_n=cn[0], dc0=c0t.grad[0])
+    if cell == "gru":
+        theirs["dbn"] = module.bias_hh_l0.grad[2 * H:]
+        assert module.bias_hh_l0.grad.shape[0] == G * H
+    for name, a in ours.items():
+        kind = "forward" if name in ("h", "h_n", "c_n") else "grad"
+        assert_close(a, theirs[name], dtype, kind, f"{cell} {name} vs cuDNN",
+                     table=TORCH_TOLERANCES)
+
+
+# ------------------------------------------------------------------ persistent kernels
+
+PERSISTENT_CELLS = ["rnn_tanh", "rnn_relu", "lstm", "gru"]
+
+
+def _persistent_fits(cell, B, H, dtype):
+    from fastrnn.backends import cupy_backend as cb
+    spec = fastrnn.get_cell(cell)
+    return all(cb.persistent_plan(spec, B, H, np.dtype(dtype), backward=bw) is not None
+               for bw in (False, True))
+
+
+@pytest.mark.parametrize("B,H,dtype", [(1, 128, "float64"), (16, 256, "float64"),
+                                       (5, 33, "float64"), (32, 512, "float64"),
+                                       (32, 1024, "float32")])
+@pytest.mark.parametrize("cell", PERSISTENT_CELLS)
+def test_persistent_kernels_match_the_reference(cp, rng, monkeypatch, cell, B, H, dtype):
+    """All steps in one cooperative launch (FASTRNN_CUPY_PERSISTENT=1), forward, backward
+    and inference, with lengths and reverse, against the NumPy reference."""
+    from fastrnn.backends import cupy_backend as cb
+    monkeypatch.setenv(cb.PERSIST_ENV, "1")
+    if not _persistent_fits(cell, B, H, dtype):
+        pytest.skip(f"B={B}, H={H}, {dtype}: U's slices do not fit this GPU's shared memory "
+                    f"on one block per multiprocessor (they do on an H100 / H200)")
+    T, I = 12, 24
+    x, params, h0, c0, lens = make_problem(rng, cell, T, B, I, H, dtype, lengths=B > 1,
+                                           states=True)
+    dh, dh_n, dc_n = make_upstream(rng, cell, T, B, H, dtype)
+    ref = _results(*_run(cell, x, params, h0, c0, lens, True, dh, dh_n, dc_n, "numpy"))
+    dev = _to_device(cp, x, params, h0, c0)
+    got = _results(*_run(cell, *dev, lens, True, *_to_device(cp, dh, dh_n, dc_n)))
+    for name, a in got.items():
+        assert_close(a, ref[name], dtype, "forward" if name in ("h", "h_n", "c_n") else "grad",
+                     f"{cell} persistent {name}")
+    inf = fastrnn.forward(cell, *dev, lengths=lens, reverse=True, backend="cupy",
+                          training=False)
+    for name, a in (("h", inf.h), ("h_n", inf.h_n), ("c_n", inf.c_n)):
+        if a is not None:
+            assert_close(a, ref[name], dtype, "forward", f"{cell} persistent inference {name}")
+
+
+@pytest.mark.parametrize("cell", PERSISTENT_CELLS)
+def test_persistent_kernels_are_deterministic(cp, rng, monkeypatch, cell):
+    """The cross-block sums are added in a fixed order: same inputs, same bits."""
+    from fastrnn.backends import cupy_backend as cb
+    monkeypatch.setenv(cb.PERSIST_ENV, "1")
+    B, H = 8, 256
+    assert _persistent_fits(cell, B, H, "float32")
+    x, params, h0, c0, lens = make_problem(rng, cell, 30, B, 64, H, "float32", lengths=True,
+                                           states=True)
+    dh, dh_n, dc_n = make_upstream(rng, cell, 30, B, H, "float32")
+    args = _to_device(cp, x, params, h0, c0) + [lens, False] + _to_device(cp, dh, dh_n, dc_n)
+    first = {k: v.get() for k, v in _results(*_run(cell, *args)).items()}
+    for name, a in _results(*_run(cell, *args)).items():
+        assert np.array_equal(a.get(), first[name]), f"{name} changed bits"
+
+
+def test_persistent_mode_leaves_gru_reset_before_on_the_per_step_path(cp, rng, monkeypatch):
+    from fastrnn.backends import cupy_backend as cb
+    monkeypatch.setenv(cb.PERSIST_ENV, "1")
+    assert cb.persistent_plan(fastrnn.get_cell("gru_reset_before"), 4, 64,
+                              np.dtype("float32"), backward=False) is None
+    x, params, h0, c0, lens = make_problem(rng, "gru_reset_before", 6, 4, 8, 64, "float64",
+                                           lengths=True)
+    ref = fastrnn.forward("gru_reset_before", x, params, lengths=lens, backend="numpy")
+    got = fastrnn.forward("gru_reset_before", *_to_device(cp, x, params), lengths=lens,
+                          backend="cupy")
+    assert_close(got.h, ref.h, "float64", "forward", "gru_reset_before h")
