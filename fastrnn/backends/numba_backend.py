@@ -59,6 +59,11 @@ def _padded_rows(a, Bp):
     return out
 
 
+def _t_matmul(G, X):
+    """X^T @ G as a C-contiguous array, for G (R, n) and X (R, m) with many rows R."""
+    return np.ascontiguousarray(matmul(G.T, X).T)
+
+
 def _gemm_out(Bp, n, dtype):
     """A (Bp, n rounded up to the panel width) buffer for packed_gemm results."""
     return np.zeros((Bp, padded(n, NR[np.dtype(dtype).itemsize])), dtype=dtype)
@@ -192,14 +197,16 @@ class NumbaBackend(NumpyBackend):
             # Padded rows of x are never read by the forward: keep a NaN there out of dW.
             valid = (np.arange(T)[:, None] < lens[None, :]).reshape(rows, 1)
             x2 = np.where(valid, x2, 0)
-        grads["W"] = matmul(x2.T, dGx2)
+        # dW = x^T dG and dU = h_prev^T dG, computed transposed (dG^T x) so that the packed
+        # operand is the narrow one
+        grads["W"] = _t_matmul(dGx2, x2)
         if u_inputs is None:                        # U sees h_prev in every gate column
-            grads["U"] = matmul(hprev2.T, dGx2)
+            grads["U"] = _t_matmul(dGx2, hprev2)
         else:                                       # GRUs: the n columns see another input
             n_input, n_grad = u_inputs
             n_grad = dGx2[:, 2 * H:] if n_grad is None else n_grad.reshape(rows, H)
-            grads["U"] = np.concatenate([matmul(hprev2.T, dGx2[:, :2 * H]),
-                                         matmul(n_input.reshape(rows, H).T, n_grad)], axis=1)
+            grads["U"] = np.concatenate([_t_matmul(dGx2[:, :2 * H], hprev2),
+                                         _t_matmul(n_grad, n_input.reshape(rows, H))], axis=1)
         grads["b"] = dGx2.sum(axis=0)
         dx = np.ascontiguousarray(matmul(dGx2, W.T)).reshape(T, B, I)
         ordered = {k: grads[k] for k in cell.param_names}

@@ -33,6 +33,7 @@ from .numba_math import JIT
 
 MR = 4                                            # rows of a tile
 KC = 256                                          # depth of a block of B kept in cache
+MC = 128                                          # rows of A reused across the panels of B
 _WIDE = bool(_llvm.get_host_cpu_features().get("avx512f"))
 LANES = {4: 16 if _WIDE else 8, 8: 8 if _WIDE else 4}    # vector lanes per itemsize
 NR = {size: 4 * lanes for size, lanes in LANES.items()}  # columns of a tile: 4 vectors
@@ -135,22 +136,21 @@ def packed_gemm(A, r0, r1, Up, C, accumulate):
     lda, ldc = A.shape[1], C.shape[1]
     size = A.itemsize
     a0, c0, u0 = A.ctypes.data, C.ctypes.data, Up.ctypes.data
-    for i in range(r0, r1, MR):
-        a_addr = a0 + i * lda * size
-        c_row = c0 + i * ldc * size
-        for p in range(P):
-            tile(a_addr, lda, 1, u0 + p * K * nr * size, nr, K, c_row + p * nr * size, ldc,
-                 accumulate, size)
+    for p in range(P):                      # a panel is read once and used by every tile
+        for i in range(r0, r1, MR):
+            tile(a0 + i * lda * size, lda, 1, u0 + p * K * nr * size, nr, K,
+                 c0 + (i * ldc + p * nr) * size, ldc, accumulate, size)
 
 
 @njit(**dict(JIT, parallel=True))
-def _gemm_rows(A, Bm, C, tiles_per_chunk, nr):
-    """C[:Mt] = A[:Mt] @ Bm for the Mt = MR * (M // MR) rows of whole tiles, threaded.
+def _gemm_rows(A, Bp, C, tiles_per_chunk):
+    """C[:Mt] = A[:Mt] @ B for the Mt = MR * (M // MR) rows of whole tiles, threaded.
 
-    A any strides (a view), Bm (K, N) C-contiguous with N a multiple of NR, C (M, N).
+    A any strides (a view); B packed by :func:`pack_panels`, Bp (P, K, NR); C (M, P*NR).
     """
     M, K = A.shape
-    N = Bm.shape[1]
+    P, _, nr = Bp.shape
+    ldc = C.shape[1]
     size = A.itemsize
     a_rs, a_ks = A.strides[0] // size, A.strides[1] // size
     tiles = M // MR
@@ -158,39 +158,36 @@ def _gemm_rows(A, Bm, C, tiles_per_chunk, nr):
         t0, t1 = ci * tiles_per_chunk, min((ci + 1) * tiles_per_chunk, tiles)
         for kb in range(0, K, KC):              # a KC x NR block of B stays in cache
             kc = min(KC, K - kb)
-            for j in range(0, N, nr):
-                for ti in range(t0, t1):
-                    i = ti * MR
-                    tile(A.ctypes.data + (i * a_rs + kb * a_ks) * size, a_rs, a_ks,
-                         Bm.ctypes.data + (kb * N + j) * size, N, kc,
-                         C.ctypes.data + (i * N + j) * size, N, kb > 0, size)
+            for mb in range(t0, t1, MC // MR):      # and so do MC rows of A
+                for p in range(P):
+                    for ti in range(mb, min(mb + MC // MR, t1)):
+                        i = ti * MR
+                        tile(A.ctypes.data + (i * a_rs + kb * a_ks) * size, a_rs, a_ks,
+                             Bp.ctypes.data + ((p * K + kb) * nr) * size, nr, kc,
+                             C.ctypes.data + (i * ldc + p * nr) * size, ldc, kb > 0, size)
 
 
 def matmul(A: np.ndarray, B: np.ndarray, keep_padding: bool = False) -> np.ndarray:
     """A (M, K) @ B (K, N) with the micro-kernel, rows of A split over Numba's threads.
 
-    A may be any strided view (a transpose costs no copy); B is copied only to pad its
-    columns to a multiple of NR. The last M % MR rows go through NumPy. With keep_padding
-    the result is the contiguous (M, N rounded up to NR) array, zero past column N.
+    A may be any strided view (a transpose costs no copy); B is packed into panels (a copy
+    of B: give the smaller operand as B). The last M % MR rows go through NumPy. With
+    keep_padding the result is the contiguous (M, N rounded up to NR) array, zero past
+    column N.
 
-    Against NumPy's OpenBLAS (2 threads, AVX2 kernels as this machine's environment pins)
-    on the dev machine, float32: (6400, 256) x (256, 1024) 324 vs 219 GFLOP/s;
-    (256, 6400) x (6400, 1024) 265 vs 186; (6400, 1024) x (1024, 256) 298 vs 175.
+    Against NumPy's OpenBLAS (2 threads, the AVX2 kernels this machine's environment pins),
+    float32, on the dev machine: see bench/README.md.
     """
     M, K = A.shape
     N = B.shape[1]
-    nr = NR[A.dtype.itemsize]
-    Np = padded(N, nr)
-    if Np == N and B.flags.c_contiguous:
-        Bm = B
-    else:
-        Bm = np.zeros((K, Np), dtype=B.dtype)
-        Bm[:, :N] = B
-    C = np.empty((M, Np), dtype=A.dtype)
+    Bp = pack_panels(B)
+    P, _, nr = Bp.shape
+    C = np.empty((M, P * nr), dtype=A.dtype)
     tiles = M // MR
     if tiles:
         threads = max(1, min(numba.get_num_threads(), tiles))
-        _gemm_rows(A, Bm, C, -(-tiles // threads), nr)
+        _gemm_rows(A, Bp, C, -(-tiles // threads))
     if M % MR:
-        C[tiles * MR:] = A[tiles * MR:] @ Bm
-    return C if Np == N or keep_padding else C[:, :N]
+        C[tiles * MR:, :N] = A[tiles * MR:] @ B
+        C[tiles * MR:, N:] = 0
+    return C if P * nr == N or keep_padding else C[:, :N]
