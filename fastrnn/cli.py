@@ -148,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "usable cores)")
     b.add_argument("--seed", type=int, default=0, help="seed of the inputs (default: 0)")
     b.add_argument("--json", metavar="PATH", help="write every record as JSON (bench/README.md)")
+    b.add_argument("--markdown", metavar="PATH", help="write the results table as Markdown")
     b.add_argument("--csv", metavar="PATH", help="write one CSV row per record")
     b.add_argument("--plot", metavar="PATH", help="draw speedup against size (needs matplotlib)")
     b.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
@@ -263,6 +264,12 @@ def cmd_bench(args, parser) -> int:
     if args.csv:
         report.write_csv(args.csv, records)
         out.line(f"wrote {args.csv}")
+    if args.markdown:
+        report.write_markdown(args.markdown, machine=machine, records=records,
+                              baselines=[b for b in bm.BASELINES if b in requested],
+                              created=created,
+                              command=["fastrnn", *args.argv])
+        out.line(f"wrote {args.markdown}")
     rc = 0
     if args.plot:
         try:

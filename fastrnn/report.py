@@ -17,7 +17,7 @@ from pathlib import Path
 from .benchmark import BASELINES
 
 __all__ = ["have_rich", "have_matplotlib", "Printer", "Progress", "bench_rows", "BENCH_COLUMNS",
-           "write_json", "write_csv", "plot_speedups", "SCHEMA", "SCHEMA_VERSION", "fmt_num"]
+           "write_json", "write_csv", "write_markdown", "plot_speedups", "SCHEMA", "SCHEMA_VERSION", "fmt_num"]
 
 SCHEMA = "fastrnn-bench"
 SCHEMA_VERSION = 1
@@ -224,6 +224,30 @@ def write_csv(path, records: list) -> None:
                 d[f"speedup_vs_{b.replace('-', '_')}"] = r.speedup.get(b)
             d.pop("speedup")
             w.writerow({k: ("" if v is None else v) for k, v in d.items()})
+
+
+def write_markdown(path, *, machine: dict, records: list, baselines: list[str], created: str,
+                   command: list[str]) -> None:
+    """The results table as Markdown, under a short header naming the machine and command."""
+    columns, rows, _, _, notes = bench_rows(records, baselines)
+    blas = ", ".join(f"{b['library']} {b['version']}"
+                     + (f" ({b['architecture']})" if b.get("architecture") else "")
+                     for b in machine.get("blas", []) if b.get("library") and b.get("version"))
+    versions = ", ".join(f"{k} {v}" for k, v in machine.get("versions", {}).items() if v)
+    peaks = "; ".join(f"{d} {t} {v:.0f} GFLOP/s"
+                      for d, per in machine.get("gemm_peak_gflops", {}).items()
+                      for t, v in per.items())
+    lines = [f"# fastrnn bench, {created}", "",
+             f"`{' '.join(command)}`", "",
+             f"- CPU: {machine.get('cpu')}, {machine.get('cores')} cores usable, "
+             f"{machine.get('threads')} threads; GPU: {machine.get('gpu') or 'none'}",
+             f"- BLAS: {blas or 'unknown'}; GEMM peak: {peaks or 'not measured'}",
+             f"- versions: {versions}", "",
+             "| " + " | ".join(columns) + " |",
+             "|" + "|".join("---" for _ in columns) + "|"]
+    lines += ["| " + " | ".join(cell.replace("|", "/") for cell in row) + " |" for row in rows]
+    lines += [""] + [f"[{i}] {text}" for i, text in enumerate(notes, 1)]
+    _ensure_parent(path).write_text("\n".join(lines).rstrip() + "\n")
 
 
 def plot_speedups(path, records: list, sizes: list[str]) -> str:
