@@ -378,3 +378,17 @@ def test_plot_with_nothing_to_compare_exits_1(tmp_path, capsys):
     assert rc == 1
     assert "no plot written: --plot: only numpy was measured" in out
     assert not png.exists()
+
+
+def test_bench_writes_a_markdown_table(tmp_path, capsys):
+    path = tmp_path / "table.md"
+    rc, out, _ = run(["bench", "--cells", "gru", "--sizes", "3x2x2x4", "--mode", "infer",
+                      "--repeat", "1", "--backends", "numpy,numba", "--markdown", str(path),
+                      "--no-progress"], capsys)
+    assert rc == 0 and f"wrote {path}" in out
+    text = path.read_text()
+    assert text.startswith("# fastrnn bench") and "GEMM peak" in text
+    table = [ln for ln in text.splitlines() if ln.startswith("|")]
+    assert table[0].startswith("| cell | mode | dtype") and "× numpy" in table[0]
+    assert len(table) == 2 + 2                          # header, rule, numpy and numba rows
+    assert any("| numba |" in ln and "×" in ln for ln in table[2:])
