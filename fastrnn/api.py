@@ -13,10 +13,10 @@ import zlib
 import numpy as np
 
 from . import backends as _backends
-from .cells import CellSpec, get_cell
+from .cells import get_cell
 from .backends.numpy_ref import READOUT_ACTIVATIONS
 from .validation import (as_array, check_float, check_lengths, check_params, check_same_dtype,
-                         check_shape, describe)
+                         check_sequence_input, check_shape, describe)
 
 __all__ = ["forward", "backward", "readout", "readout_backward", "ForwardResult", "Gradients",
            "Tape", "ReadoutTape"]
@@ -196,15 +196,7 @@ def forward(cell, x, params, h0=None, c0=None, *, lengths=None, reverse=False,
     spec = get_cell(cell)
     be = _pick_backend(backend, x)
     xp = be.xp
-    x = as_array(xp, "x", x)
-    check_float("x", x, be.dtypes)
-    if x.ndim not in (2, 3):
-        raise ValueError(f"x: expected a 3-d array (T, B, I) ((B, T, I) with batch_first) or a "
-                         f"2-d unbatched (T, I), got {x.ndim}-d of shape {tuple(x.shape)}")
-    unbatched = x.ndim == 2
-    if unbatched and lengths is not None:
-        raise ValueError("lengths: unbatched input (T, I) is one sequence of length T; "
-                         "pass lengths only with batched input (T, B, I)")
+    x, unbatched = check_sequence_input(xp, x, be.dtypes, lengths)
     if unbatched:
         T, I = x.shape
         B = 1

@@ -34,8 +34,8 @@ import numpy as np
 from . import api as _api
 from . import backends as _backends
 from .cells import get_cell
-from .validation import (as_array, check_float, check_lengths, check_params, check_same_dtype,
-                         check_shape, describe)
+from .validation import (as_array, check_lengths, check_params, check_same_dtype,
+                         check_sequence_input, check_shape, describe)
 
 __all__ = ["stack_forward", "stack_backward", "init_stack_params", "dropout_mask", "Stack",
            "StackResult", "StackTape", "StackGradients"]
@@ -244,16 +244,8 @@ def stack_forward(cell, x, params, h0=None, c0=None, *, lengths=None, batch_firs
     spec = get_cell(cell)
     be = _pick_backend(backend, x)
     xp = be.xp
-    x = as_array(xp, "x", x)
-    check_float("x", x, be.dtypes)
-    if x.ndim not in (2, 3):
-        raise ValueError(f"x: expected a 3-d array (T, B, I) ((B, T, I) with batch_first) or a "
-                         f"2-d unbatched (T, I), got {x.ndim}-d of shape {tuple(x.shape)}")
-    unbatched = x.ndim == 2
+    x, unbatched = check_sequence_input(xp, x, be.dtypes, lengths)
     batch_first = bool(batch_first) and not unbatched
-    if unbatched and lengths is not None:
-        raise ValueError("lengths: unbatched input (T, I) is one sequence of length T; "
-                         "pass lengths only with batched input (T, B, I)")
     x3 = _seq_from_user(xp, x, unbatched, batch_first)
     T, B, I = x3.shape
     layers, bare = _normalise_params(params)

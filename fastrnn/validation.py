@@ -60,6 +60,20 @@ def check_shape(name: str, a, expected: tuple, hint: str = "") -> None:
         raise ValueError(f"{name}: expected shape {tuple(expected)}{extra}, got {tuple(a.shape)}")
 
 
+def check_sequence_input(xp, x, allowed_dtypes, lengths):
+    """x as an array of a float dtype, 3-d (T, B, I) or 2-d unbatched (T, I); (x, unbatched)."""
+    x = as_array(xp, "x", x)
+    check_float("x", x, allowed_dtypes)
+    if x.ndim not in (2, 3):
+        raise ValueError(f"x: expected a 3-d array (T, B, I) ((B, T, I) with batch_first) or a "
+                         f"2-d unbatched (T, I), got {x.ndim}-d of shape {tuple(x.shape)}")
+    unbatched = x.ndim == 2
+    if unbatched and lengths is not None:
+        raise ValueError("lengths: unbatched input (T, I) is one sequence of length T; "
+                         "pass lengths only with batched input (T, B, I)")
+    return x, unbatched
+
+
 def check_params(xp, cell: CellSpec, params, input_size: int, allowed_dtypes):
     """Validated params dict (name -> array) and the hidden size H read off U."""
     if not isinstance(params, Mapping):

@@ -83,7 +83,6 @@ class NumbaBackend(NumpyBackend):
     def forward(self, cell, x, params, h0, c0, lengths, reverse, training):
         T, B, I = x.shape
         H = h0.shape[1]
-        G = cell.num_gates
         dt = x.dtype
         Bp, chunk = padded(B, MR), chunk_size(B)
         masked = lengths is not None

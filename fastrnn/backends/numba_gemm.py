@@ -40,7 +40,6 @@ NR = {size: 4 * lanes for size, lanes in LANES.items()}  # columns of a tile: 4 
 
 
 def _microkernel_codegen(float_type, lanes):
-    nr = 4 * lanes
     i64 = ir.IntType(64)
 
     def codegen(context, builder, signature, args):

@@ -104,8 +104,6 @@ def recurrent_grad(dG, s, lengths, reverse, ws, UTp, dh_carry, b0, b1):
 def rnn_row(x, a, bias, relu, h, o, H):
     zero = h.dtype.type(0)
     h1 = uint64(H)
-    h2 = h1 + h1
-    h3 = h2 + h1
     for j in range(h1):
         v = x[j] + a[j] + bias[j]
         hn = (v if (v > 0 or v != v) else zero) if relu else tanh_(v)
@@ -136,8 +134,6 @@ def rnn_bwd_row(dhc, o, relu, d, H):
     one = d.dtype.type(1)
     zero = one - one
     h1 = uint64(H)
-    h2 = h1 + h1
-    h3 = h2 + h1
     for j in range(h1):
         g = dhc[j]
         hn = o[j]
@@ -360,8 +356,6 @@ def gru_backward(gates, hprev, UTp, lengths, reverse, dh, has_dh, dh_carry, dGx,
 @njit(**JIT)
 def gru_rb_rh_row(g, h, rh, H):
     h1 = uint64(H)
-    h2 = h1 + h1
-    h3 = h2 + h1
     for j in range(h1):
         rh[j] = g[j] * h[j]
 
@@ -372,7 +366,6 @@ def gru_rb_state_row(g, x, a, an, bias, h, o, H):
     one = g.dtype.type(1)
     h1 = uint64(H)
     h2 = h1 + h1
-    h3 = h2 + h1
     for j in range(h1):
         n = tanh_(x[h2 + j] + bias[h2 + j] + an[j])
         z = g[h1 + j]
@@ -422,7 +415,6 @@ def gru_rb_bwd_row1(g, hp, dhc, dx_row, wn, H):
     one = g.dtype.type(1)
     h1 = uint64(H)
     h2 = h1 + h1
-    h3 = h2 + h1
     for j in range(h1):
         d = dhc[j]
         z = g[h1 + j]
@@ -439,8 +431,6 @@ def gru_rb_bwd_row2(g, hp, drh, dhc, dx_row, rh_row, w, H):
     """Second half: drh = da_n @ U_n^T is the gradient of r*h; gives da_r and the r*h tape."""
     one = g.dtype.type(1)
     h1 = uint64(H)
-    h2 = h1 + h1
-    h3 = h2 + h1
     for j in range(h1):
         r = g[j]
         dar = drh[j] * hp[j] * r * (one - r)
