@@ -1,9 +1,9 @@
 """The Numba backend: the whole time loop in fused, compiled kernels (fast CPU path).
 
 Plan of a forward pass (see DESIGN.md, "How speed is reached"):
-1. ``xp = x @ W`` for all T*B rows: one GEMM before the loop; U packed into panels once.
-2. One kernel call runs every step: ``h @ U`` through the packed GEMM of
-   :mod:`.numba_gemm`, then one pass that adds ``xp`` and the bias, applies the gates,
+1. W and U packed into panels once.
+2. One kernel call runs every step: ``x_t @ W`` and ``h @ U`` through the packed GEMM of
+   :mod:`.numba_gemm`, then one pass that adds them and the bias, applies the gates,
    updates the state, masks by ``lengths`` and writes the tape. The batch is split into
    chunks that run the whole loop on their own threads.
 Backward mirrors it: only ``dgates @ U^T`` runs per step; ``dW``, ``dU``, ``db`` and ``dx``
@@ -87,8 +87,10 @@ class NumbaBackend(NumpyBackend):
         Bp, chunk = padded(B, MR), chunk_size(B)
         masked = lengths is not None
         lens = lengths if masked else np.full(B, T, dtype=np.int64)
-        # rows of xp are G*H wide, padded up to the micro-kernel's panel width
-        xp = matmul(x.reshape(T * B, I), params["W"], keep_padding=True).reshape(T, B, -1)
+        G = cell.num_gates
+        Wp = pack_panels(_writable(params["W"]))
+        xs = np.zeros((Bp, I), dtype=dt)                 # the step's input rows, padded
+        ax = _gemm_out(Bp, G * H, dt)                     # their projection x_t @ W
         h = _padded_rows(h0, Bp)
         c = _padded_rows(c0, Bp) if cell.has_cell_state else None
 
@@ -109,26 +111,26 @@ class NumbaBackend(NumpyBackend):
         U, b = _writable(params["U"]), _writable(params["b"])
         if cell.name == "lstm":
             gates, cprev, tanhc = tape(T, B, 4 * H), tape(T, B, H), tape(T, B, H)
-            K.lstm_forward(xp, pack_panels(U), b, h, c, lens, reverse, out, hprev, gates, cprev,
-                           tanhc, training, _gemm_out(Bp, 4 * H, dt),
+            K.lstm_forward(x, Wp, pack_panels(U), b, h, c, lens, reverse, out, hprev, gates,
+                           cprev, tanhc, training, xs, ax, _gemm_out(Bp, 4 * H, dt),
                            np.empty((Bp, 4 * H), dt), np.empty((Bp, H), dt), chunk)
             saved.update(gates=gates, cprev=cprev, tanhc=tanhc)
         elif cell.name == "gru":
             gates = tape(T, B, 4 * H)
-            K.gru_forward(xp, pack_panels(U), b, _writable(params["bn"]), h, lens, reverse, out,
-                          hprev, gates, training, _gemm_out(Bp, 3 * H, dt),
+            K.gru_forward(x, Wp, pack_panels(U), b, _writable(params["bn"]), h, lens, reverse,
+                          out, hprev, gates, training, xs, ax, _gemm_out(Bp, 3 * H, dt),
                           np.empty((Bp, 4 * H), dt), chunk)
             saved.update(gates=gates)
         elif cell.name == "gru_reset_before":
             gates = tape(T, B, 3 * H)
-            K.gru_rb_forward(xp, pack_panels(U[:, :2 * H]), pack_panels(U[:, 2 * H:]), b, h,
-                             lens, reverse, out, hprev, gates, training,
+            K.gru_rb_forward(x, Wp, pack_panels(U[:, :2 * H]), pack_panels(U[:, 2 * H:]), b,
+                             h, lens, reverse, out, hprev, gates, training, xs, ax,
                              _gemm_out(Bp, 2 * H, dt), np.zeros((Bp, H), dt),
                              _gemm_out(Bp, H, dt), np.empty((Bp, 3 * H), dt), chunk)
             saved.update(gates=gates)
         else:
-            K.rnn_forward(xp, pack_panels(U), b, cell.nonlinearity == "relu", h, lens, reverse,
-                          out, hprev, training, _gemm_out(Bp, H, dt), chunk)
+            K.rnn_forward(x, Wp, pack_panels(U), b, cell.nonlinearity == "relu", h, lens,
+                          reverse, out, hprev, training, xs, ax, _gemm_out(Bp, H, dt), chunk)
         # The caller gets its own view of out, so flags it sets do not reach the tape's.
         return ForwardOut(out[...], h[:B], None if c is None else c[:B],
                           saved if training else None)

@@ -2,10 +2,12 @@
 
 Every array is C-contiguous and indexed in *time order*: tape entry ``[t, b]`` belongs to
 the step at which sequence b read time t (t = s, or lengths[b] - 1 - s with reverse), so
-the weight gradients after the loop are single GEMMs over all T*B rows. The input
-projection ``xp = x @ W`` (no bias) is computed before the loop by one GEMM; inside the
-loop only the recurrent product runs per step, through :func:`packed_gemm` with the
-weights packed once per pass, followed by one fused pointwise pass.
+the weight gradients after the loop are single GEMMs over all T*B rows. Each step of the
+forward gathers its input rows into ``xs`` and computes ``ax = xs @ W`` and
+``acc = h @ U`` with :func:`packed_gemm` (weights packed once per pass), then one fused
+pointwise pass. The input projection runs per step rather than as one GEMM before the
+loop: the same FLOPs at about the same rate, without a (T, B, G*H) array to write and read
+back (26 MB for the large LSTM); measured the same to 5% faster on LSTM inference.
 
 The batch is split into chunks of whole MR-row tiles that run the entire time loop on
 their own threads (``prange``): sequences are independent, so the threads never wait for
@@ -112,13 +114,16 @@ def rnn_row(x, a, bias, relu, h, o, H):
 
 
 @njit(**PARALLEL)
-def rnn_forward(xp, Up, bias, relu, h, lengths, reverse, out, hprev, training, acc, chunk):
+def rnn_forward(x, Wp, Up, bias, relu, h, lengths, reverse, out, hprev, training, xs, ax, acc,
+                chunk):
     """Matches numpy_ref.rnn_step over all steps. h (Bp, H) holds h0 and ends as h_n."""
     T, B, H = out.shape
     Bp = h.shape[0]
     for ci in prange(-(-Bp // chunk)):
         b0, b1 = chunk_rows(ci, chunk, Bp)
         for s in range(T):
+            gather_rows(x, s, lengths, reverse, xs, b0, b1)
+            packed_gemm(xs, b0, b1, Wp, ax, 0)
             packed_gemm(h, b0, b1, Up, acc, 0)
             for b in range(b0, min(b1, B)):
                 if s >= lengths[b]:
@@ -126,7 +131,7 @@ def rnn_forward(xp, Up, bias, relu, h, lengths, reverse, out, hprev, training, a
                 t = time_of(s, b, lengths, reverse)
                 if training:
                     copy_row(hprev[t, b], h[b], H)
-                rnn_row(xp[t, b], acc[b], bias, relu, h[b], out[t, b], H)
+                rnn_row(ax[b], acc[b], bias, relu, h[b], out[t, b], H)
 
 
 @njit(**JIT)
@@ -181,8 +186,8 @@ def lstm_state_row(g, c, h, o, tc, H):
 
 
 @njit(**PARALLEL)
-def lstm_forward(xp, Up, bias, h, c, lengths, reverse, out, hprev, gates, cprev, tanhc,
-                 training, acc, scratch_g, scratch_tc, chunk):
+def lstm_forward(x, Wp, Up, bias, h, c, lengths, reverse, out, hprev, gates, cprev, tanhc,
+                 training, xs, ax, acc, scratch_g, scratch_tc, chunk):
     """Matches numpy_ref.lstm_step over all steps. h, c (Bp, H) hold h0, c0 and end as h_n, c_n.
 
     Tape per (t, b): gates i, f, g, o (4H), c_prev, tanh(c_new) and h_prev (H each).
@@ -193,6 +198,8 @@ def lstm_forward(xp, Up, bias, h, c, lengths, reverse, out, hprev, gates, cprev,
     for ci in prange(-(-Bp // chunk)):
         b0, b1 = chunk_rows(ci, chunk, Bp)
         for s in range(T):
+            gather_rows(x, s, lengths, reverse, xs, b0, b1)
+            packed_gemm(xs, b0, b1, Wp, ax, 0)
             packed_gemm(h, b0, b1, Up, acc, 0)
             for b in range(b0, min(b1, B)):
                 if s >= lengths[b]:
@@ -204,10 +211,10 @@ def lstm_forward(xp, Up, bias, h, c, lengths, reverse, out, hprev, gates, cprev,
                     copy_row(hprev[t, b], h[b], H)
                 else:
                     g, tc = scratch_g[b], scratch_tc[b]
-                x, a = xp[t, b], acc[b]
-                gates_sigm(g, x, a, bias, 0, 2 * H)
-                gates_tanh(g, x, a, bias, 2 * H, 3 * H)
-                gates_sigm(g, x, a, bias, 3 * H, 4 * H)
+                xb, a = ax[b], acc[b]
+                gates_sigm(g, xb, a, bias, 0, 2 * H)
+                gates_tanh(g, xb, a, bias, 2 * H, 3 * H)
+                gates_sigm(g, xb, a, bias, 3 * H, 4 * H)
                 lstm_state_row(g, c[b], h[b], out[t, b], tc, H)
 
 
@@ -276,8 +283,8 @@ def gru_state_row(g, x, a, bias, bn, h, o, H):
 
 
 @njit(**PARALLEL)
-def gru_forward(xp, Up, bias, bn, h, lengths, reverse, out, hprev, gates, training, acc, scratch,
-                chunk):
+def gru_forward(x, Wp, Up, bias, bn, h, lengths, reverse, out, hprev, gates, training, xs, ax,
+                acc, scratch, chunk):
     """Matches numpy_ref.gru_step (reset after, cell 'gru') over all steps.
 
     Tape per (t, b): r, z, n and hn = h @ U_n + bn (4H), h_prev (H). scratch (Bp, 4H).
@@ -287,6 +294,8 @@ def gru_forward(xp, Up, bias, bn, h, lengths, reverse, out, hprev, gates, traini
     for ci in prange(-(-Bp // chunk)):
         b0, b1 = chunk_rows(ci, chunk, Bp)
         for s in range(T):
+            gather_rows(x, s, lengths, reverse, xs, b0, b1)
+            packed_gemm(xs, b0, b1, Wp, ax, 0)
             packed_gemm(h, b0, b1, Up, acc, 0)
             for b in range(b0, min(b1, B)):
                 if s >= lengths[b]:
@@ -297,9 +306,9 @@ def gru_forward(xp, Up, bias, bn, h, lengths, reverse, out, hprev, gates, traini
                     copy_row(hprev[t, b], h[b], H)
                 else:
                     g = scratch[b]
-                x, a = xp[t, b], acc[b]
-                gates_sigm(g, x, a, bias, 0, 2 * H)
-                gru_state_row(g, x, a, bias, bn, h[b], out[t, b], H)
+                xb, a = ax[b], acc[b]
+                gates_sigm(g, xb, a, bias, 0, 2 * H)
+                gru_state_row(g, xb, a, bias, bn, h[b], out[t, b], H)
 
 
 @njit(**JIT)
@@ -376,8 +385,8 @@ def gru_rb_state_row(g, x, a, an, bias, h, o, H):
 
 
 @njit(**PARALLEL)
-def gru_rb_forward(xp, U_rz, U_n, bias, h, lengths, reverse, out, hprev, gates, training, acc,
-                   rh, acc_n, scratch, chunk):
+def gru_rb_forward(x, Wp, U_rz, U_n, bias, h, lengths, reverse, out, hprev, gates, training, xs,
+                   ax, acc, rh, acc_n, scratch, chunk):
     """Matches numpy_ref.gru_step for 'gru_reset_before': n = tanh(xW_n + b_n + (r*h) @ U_n).
 
     Tape per (t, b): r, z, n (3H), h_prev (H). U_rz, U_n packed; acc, rh, acc_n and
@@ -389,6 +398,8 @@ def gru_rb_forward(xp, U_rz, U_n, bias, h, lengths, reverse, out, hprev, gates, 
     for ci in prange(-(-Bp // chunk)):
         b0, b1 = chunk_rows(ci, chunk, Bp)
         for s in range(T):
+            gather_rows(x, s, lengths, reverse, xs, b0, b1)
+            packed_gemm(xs, b0, b1, Wp, ax, 0)
             packed_gemm(h, b0, b1, U_rz, acc, 0)
             for b in range(b0, min(b1, B)):
                 if s >= lengths[b]:
@@ -396,7 +407,7 @@ def gru_rb_forward(xp, U_rz, U_n, bias, h, lengths, reverse, out, hprev, gates, 
                     continue
                 t = time_of(s, b, lengths, reverse)
                 g = gates[t, b] if training else scratch[b]
-                gates_sigm(g, xp[t, b], acc[b], bias, 0, 2 * H)
+                gates_sigm(g, ax[b], acc[b], bias, 0, 2 * H)
                 gru_rb_rh_row(g, h[b], rh[b], H)
             packed_gemm(rh, b0, b1, U_n, acc_n, 0)
             for b in range(b0, min(b1, B)):
@@ -406,7 +417,7 @@ def gru_rb_forward(xp, U_rz, U_n, bias, h, lengths, reverse, out, hprev, gates, 
                 g = gates[t, b] if training else scratch[b]
                 if training:
                     copy_row(hprev[t, b], h[b], H)
-                gru_rb_state_row(g, xp[t, b], acc[b], acc_n[b], bias, h[b], out[t, b], H)
+                gru_rb_state_row(g, ax[b], acc[b], acc_n[b], bias, h[b], out[t, b], H)
 
 
 @njit(**JIT)
