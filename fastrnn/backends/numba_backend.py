@@ -40,6 +40,8 @@ ROWS_PER_THREAD = 4
 def chunk_size(B: int) -> int:
     """Rows per thread chunk (a multiple of MR) for a batch of B sequences."""
     Bp = padded(B, MR)
+    if Bp < 2 * ROWS_PER_THREAD:
+        return Bp
     threads = max(1, min(numba.get_num_threads(), Bp // ROWS_PER_THREAD))
     return padded(-(-Bp // threads), MR)
 

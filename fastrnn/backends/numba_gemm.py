@@ -106,11 +106,9 @@ def pack_panels(U: np.ndarray) -> np.ndarray:
     K, N = U.shape
     nr = NR[U.dtype.itemsize]
     P = -(-N // nr)
-    Up = np.zeros((P, K, nr), dtype=U.dtype)
-    for p in range(P):
-        block = U[:, p * nr:(p + 1) * nr]
-        Up[p, :, :block.shape[1]] = block
-    return Up
+    if P * nr != N:
+        U = np.concatenate([U, np.zeros((K, P * nr - N), dtype=U.dtype)], axis=1)
+    return np.ascontiguousarray(U.reshape(K, P, nr).transpose(1, 0, 2))
 
 
 def padded(n: int, multiple: int) -> int:
