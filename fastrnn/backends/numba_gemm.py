@@ -153,9 +153,9 @@ def _gemm_rows(A, Bp, C, tiles_per_chunk):
     tiles = M // MR
     for ci in prange(-(-tiles // tiles_per_chunk)):
         t0, t1 = ci * tiles_per_chunk, min((ci + 1) * tiles_per_chunk, tiles)
-        for kb in range(0, K, KC):              # a KC x NR block of B stays in cache
-            kc = min(KC, K - kb)
-            for mb in range(t0, t1, MC // MR):      # and so do MC rows of A
+        for mb in range(t0, t1, MC // MR):          # MC rows of C stay in cache over all K
+            for kb in range(0, K, KC):              # a KC x NR panel block of B in L1/L2
+                kc = min(KC, K - kb)
                 for p in range(P):
                     for ti in range(mb, min(mb + MC // MR, t1)):
                         i = ti * MR
