@@ -144,7 +144,6 @@ class Bench:
                 fn()
             times = [self.time_once(fn) for _ in range(reps)]
             best[name] = 2 * n ** 3 / statistics.median(times) / 1e12
-        del a, b, ta, tb
         source = max(best, key=best.get)
         detail = ", ".join(f"{k} {v:.1f}" for k, v in best.items())
         return best[source], f"{n}x{n}x{n}, {detail}"

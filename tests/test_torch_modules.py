@@ -437,7 +437,7 @@ def test_cuda_module_matches_torch(kind):
     xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
     pa = pack_padded_sequence(xa, torch.tensor(LENGTHS), enforce_sorted=False)
     pb = pack_padded_sequence(xb, torch.tensor(LENGTHS), enforce_sorted=False)
-    (oa, ha), (ob, hb) = mod(pa), ref(pb)
+    (oa, _), (ob, _) = mod(pa), ref(pb)
     oa, ob = pad_packed_sequence(oa)[0], pad_packed_sequence(ob)[0]
     assert oa.is_cuda
     w = torch.randn(oa.shape, generator=gen, dtype=torch.float64).cuda()

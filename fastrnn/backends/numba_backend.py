@@ -90,7 +90,7 @@ class NumbaBackend(NumpyBackend):
         masked = lengths is not None
         lens = lengths if masked else np.full(B, T, dtype=np.int64)
         G = cell.num_gates
-        Wp = pack_panels(_writable(params["W"]))
+        Wp = pack_panels(params["W"])                     # packing copies: read-only is fine
         xs = np.zeros((Bp, I), dtype=dt)                 # the step's input rows, padded
         ax = _gemm_out(Bp, G * H, dt)                     # their projection x_t @ W
         h = _padded_rows(h0, Bp)
@@ -110,7 +110,7 @@ class NumbaBackend(NumpyBackend):
             return alloc(shape, dtype=dt) if training else _dummy(dt)
 
         saved = {"hs": hs, "out": out, "hprev": hprev, "lens": lens, "masked": masked}
-        U, b = _writable(params["U"]), _writable(params["b"])
+        U, b = params["U"], _writable(params["b"])
         if cell.name == "lstm":
             gates, cprev, tanhc = tape(T, B, 4 * H), tape(T, B, H), tape(T, B, H)
             K.lstm_forward(x, Wp, pack_panels(U), b, h, c, lens, reverse, out, hprev, gates,
