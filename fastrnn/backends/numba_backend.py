@@ -28,7 +28,7 @@ import numpy as np
 
 from . import numba_kernels as K
 from .base import BackwardOut, ForwardOut
-from .numba_gemm import MR, NR, matmul, pack_panels, padded
+from .numba_gemm import MR, NR, matmul, matmul_packed, pack_panels, padded, panel_matmul
 from .numpy_ref import NumpyBackend
 
 # A thread gets at least this many batch rows. `python bench/threads.py` on the dev machine:
@@ -51,6 +51,15 @@ def _writable(a):
     return a if a.flags.writeable else a.copy()
 
 
+def _panels(rows, n, dtype, zeroed):
+    """Room for a (rows, n) matrix kept as panels (see pack_panels). Padded columns are
+    always zero; with ``zeroed`` (masked passes leave rows unwritten) every entry is."""
+    nr = NR[np.dtype(dtype).itemsize]
+    P = -(-n // nr)
+    alloc = np.zeros if zeroed or P * nr != n else np.empty
+    return alloc((P, rows, nr), dtype=dtype)
+
+
 def _dummy(dtype):
     return np.zeros((1, 1, 1), dtype=dtype)
 
@@ -65,6 +74,17 @@ def _padded_rows(a, Bp):
 def _t_matmul(G, X):
     """X^T @ G as a C-contiguous array, for G (R, n) and X (R, m) with many rows R."""
     return np.ascontiguousarray(matmul(G.T, X).T)
+
+
+def _weight_grad(X, Gp, n):
+    """X^T @ G (m, n), C-contiguous, for X (R, m) and G (R, n) packed into panels Gp.
+
+    Packing the wide gradient once and reading the inputs through a transposed view
+    leaves no padded columns for narrow inputs (I = 32 would waste half of each 64-wide
+    panel) and no transposed copy of the result: measured at R = 2048, m = 32 and 128,
+    n = 512 (float32, 2 threads) 0.20 and 0.76 ms against 0.45 and 0.90 for _t_matmul.
+    """
+    return np.ascontiguousarray(matmul_packed(X.T, Gp, n))
 
 
 def _gemm_out(Bp, n, dtype):
@@ -156,16 +176,16 @@ class NumbaBackend(NumpyBackend):
         UT = U.T
         hprev = saved["hprev"]
         grads = {}
+        dGp = dGx = None                        # dL/da over all T*B rows: panels or rows
 
         if cell.name == "lstm":
             dc_carry = np.zeros((Bp, H), dtype=dt)
             if dc_n is not None:
                 dc_carry[:B] = dc_n
-            dG = alloc((T, B, 4 * H), dtype=dt)
+            dGp = _panels(T * B, 4 * H, dt, masked)
             K.lstm_backward(saved["gates"], saved["cprev"], saved["tanhc"], pack_panels(UT),
-                            lens, reverse, dh_arr, has_dh, dh_carry, dc_carry, dG,
+                            lens, reverse, dh_arr, has_dh, dh_carry, dc_carry, dGp,
                             np.zeros((Bp, 4 * H), dt), chunk)
-            dGx = dG
             u_inputs = None
         elif cell.name == "gru":
             dGx = alloc((T, B, 3 * H), dtype=dt)
@@ -194,25 +214,25 @@ class NumbaBackend(NumpyBackend):
             u_inputs = None
 
         rows = T * B
-        dGx2 = dGx.reshape(rows, G * H)
+        if dGp is None:
+            dGx2 = dGx.reshape(rows, G * H)
+            dGp = pack_panels(dGx2)
         hprev2 = hprev.reshape(rows, H)
         x2 = x.reshape(rows, I)
         if masked:
             # Padded rows of x are never read by the forward: keep a NaN there out of dW.
             valid = (np.arange(T)[:, None] < lens[None, :]).reshape(rows, 1)
             x2 = np.where(valid, x2, 0)
-        # dW = x^T dG and dU = h_prev^T dG, computed transposed (dG^T x) so that the packed
-        # operand is the narrow one
-        grads["W"] = _t_matmul(dGx2, x2)
+        grads["W"] = _weight_grad(x2, dGp, G * H)
         if u_inputs is None:                        # U sees h_prev in every gate column
-            grads["U"] = _t_matmul(dGx2, hprev2)
+            grads["U"] = _weight_grad(hprev2, dGp, G * H)
         else:                                       # GRUs: the n columns see another input
             n_input, n_grad = u_inputs
             n_grad = dGx2[:, 2 * H:] if n_grad is None else n_grad.reshape(rows, H)
             grads["U"] = np.concatenate([_t_matmul(dGx2[:, :2 * H], hprev2),
                                          _t_matmul(n_grad, n_input.reshape(rows, H))], axis=1)
-        grads["b"] = dGx2.sum(axis=0)
-        dx = np.ascontiguousarray(matmul(dGx2, W.T)).reshape(T, B, I)
+        grads["b"] = dGp.sum(axis=1).reshape(-1)[:G * H]
+        dx = np.ascontiguousarray(panel_matmul(dGp, G * H, W.T)).reshape(T, B, I)
         ordered = {k: grads[k] for k in cell.param_names}
         dh0 = np.ascontiguousarray(dh_carry[:B, :H])
         dc0 = None if dc_carry is None else dc_carry[:B]

@@ -176,14 +176,78 @@ def matmul(A: np.ndarray, B: np.ndarray) -> np.ndarray:
     """
     M, K = A.shape
     N = B.shape[1]
+    tiles = M // MR
+    if M % MR == 0:
+        return matmul_packed(A, pack_panels(B), N)
+    C = np.empty((M, N), dtype=A.dtype)
+    if tiles:
+        C[:tiles * MR] = matmul_packed(A[:tiles * MR], pack_panels(B), N)
+    if M % MR:
+        C[tiles * MR:] = A[tiles * MR:] @ B
+    return C
+
+
+def matmul_packed(A: np.ndarray, Bp: np.ndarray, n: int) -> np.ndarray:
+    """A (M, K) @ B (K, n) for B already packed by :func:`pack_panels` into Bp (P, K, NR).
+
+    A may be any strided view; when M is not a multiple of MR it is first copied into a
+    zero-padded (M rounded up, K) array. Returns an (M, n) view of a C-contiguous
+    (M rounded up, P*NR) result.
+    """
+    M, K = A.shape
+    P, Kb, nr = Bp.shape
+    if Kb != K:
+        raise ValueError(f"matmul_packed: A has {K} columns, packed B {Kb} rows")
+    Mp = padded(M, MR)
+    if Mp != M:
+        Ap = np.zeros((Mp, K), dtype=A.dtype)
+        Ap[:M] = A
+        A = Ap
+    C = np.empty((Mp, P * nr), dtype=A.dtype)
+    tiles = Mp // MR
+    threads = max(1, min(numba.get_num_threads(), tiles))
+    _gemm_rows(A, Bp, C, -(-tiles // threads))
+    return C[:M, :n]
+
+
+@njit(**dict(JIT, parallel=True))
+def _gemm_panel_rows(Ap, K, Bp, C, tiles_per_chunk):
+    """C = A @ B for A stored as panels, A[r, p*NR + j] = Ap[p, r, j] (K real columns).
+
+    Ap (PA, M, NR) with M a multiple of MR, Bp (PB, >= K, NR) packed; C (M, PB*NR). Each
+    panel of A is one depth block of the product.
+    """
+    PA, M, nra = Ap.shape
+    PB, Kb, nrb = Bp.shape
+    ldc = C.shape[1]
+    size = Ap.itemsize
+    tiles = M // MR
+    for ci in prange(-(-tiles // tiles_per_chunk)):
+        t0, t1 = ci * tiles_per_chunk, min((ci + 1) * tiles_per_chunk, tiles)
+        for ti in range(t0, t1):
+            i = ti * MR
+            for q in range(PB):
+                for p in range(PA):
+                    kc = min(nra, K - p * nra)
+                    tile(Ap.ctypes.data + (p * M + i) * nra * size, nra, 1,
+                         Bp.ctypes.data + (q * Kb + p * nra) * nrb * size, nrb, kc,
+                         C.ctypes.data + (i * ldc + q * nrb) * size, ldc, p > 0, size)
+
+
+def panel_matmul(Ap: np.ndarray, K: int, B: np.ndarray) -> np.ndarray:
+    """A @ B (M, N) for A (M, K) stored as panels like :func:`pack_panels` makes them
+    (Ap (PA, M, NR), A[r, p*NR + j] = Ap[p, r, j]) and B (K, N) a plain array."""
+    PA, M, nr = Ap.shape
+    if K > PA * nr or B.shape[0] != K:
+        raise ValueError(f"panel_matmul: A panels {Ap.shape} with K={K}, B {B.shape}")
+    N = B.shape[1]
     Bp = pack_panels(B)
-    P, _, nr = Bp.shape
-    C = np.empty((M, P * nr), dtype=A.dtype)
+    C = np.empty((M, Bp.shape[0] * Bp.shape[2]), dtype=Ap.dtype)
     tiles = M // MR
     if tiles:
         threads = max(1, min(numba.get_num_threads(), tiles))
-        _gemm_rows(A, Bp, C, -(-tiles // threads))
-    if M % MR:
-        C[tiles * MR:, :N] = A[tiles * MR:] @ B
-        C[tiles * MR:, N:] = 0
-    return C if P * nr == N else C[:, :N]
+        _gemm_panel_rows(Ap, K, Bp, C, -(-tiles // threads))
+    if M % MR:                                   # the last rows, unpacked, through NumPy
+        tail = Ap[:, tiles * MR:].transpose(1, 0, 2).reshape(M - tiles * MR, PA * nr)
+        C[tiles * MR:, :N] = tail[:, :K] @ B
+    return C[:, :N]

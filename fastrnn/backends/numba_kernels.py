@@ -72,6 +72,15 @@ def fill_row(dst, value, n):
 
 
 @njit(**JIT)
+def store_panels(dst, r, src, n):
+    """Row r of an (R, n) matrix kept as panels dst (P, R, NR) (see pack_panels) = src[:n]."""
+    nr = dst.shape[2]
+    for p in range(dst.shape[0]):
+        lo = p * nr
+        copy_row(dst[p, r], src[lo:], min(nr, n - lo))
+
+
+@njit(**JIT)
 def time_of(s, b, lengths, reverse):
     return lengths[b] - 1 - s if reverse else s
 
@@ -244,22 +253,29 @@ def lstm_bwd_row(g, cp, tc, dhc, dcc, d, H):
 
 @njit(**PARALLEL)
 def lstm_backward(gates, cprev, tanhc, UTp, lengths, reverse, dh, has_dh, dh_carry, dc_carry,
-                  dG, ws, chunk):
-    """Matches numpy_ref.lstm_step_backward over all steps; fills dG (T, B, 4H)."""
+                  dGp, ws, chunk):
+    """Matches numpy_ref.lstm_step_backward over all steps.
+
+    Fills dGp (P, T*B, NR), the gate gradients dL/da (T*B, 4H) in panels (row t*B + b),
+    ready to be the packed operand of dW and dU. ws (Bp, 4H) must start zero.
+    """
     T, B, H = cprev.shape
     Bp = dh_carry.shape[0]
+    zero = ws.dtype.type(0)
     for ci in prange(-(-Bp // chunk)):
         b0, b1 = chunk_rows(ci, chunk, Bp)
         for s in range(T - 1, -1, -1):
             for b in range(b0, min(b1, B)):
                 if s >= lengths[b]:
+                    fill_row(ws[b], zero, 4 * H)
                     continue
                 t = time_of(s, b, lengths, reverse)
                 if has_dh:
                     add_row(dh_carry[b], dh[t, b], H)
                 lstm_bwd_row(gates[t, b], cprev[t, b], tanhc[t, b], dh_carry[b], dc_carry[b],
-                             dG[t, b], H)
-            recurrent_grad(dG, s, lengths, reverse, ws, UTp, dh_carry, b0, b1)
+                             ws[b], H)
+                store_panels(dGp, t * B + b, ws[b], 4 * H)
+            packed_gemm(ws, b0, b1, UTp, dh_carry, 1)
 
 
 # ------------------------------------------------------------------------------------ GRU
