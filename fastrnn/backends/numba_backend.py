@@ -27,6 +27,7 @@ import numba
 import numpy as np
 
 from . import numba_kernels as K
+from . import workspace
 from .base import BackwardOut, ForwardOut
 from .numba_gemm import MR, NR, matmul, matmul_packed, pack_panels, padded, panel_matmul
 from .numpy_ref import NumpyBackend
@@ -52,12 +53,16 @@ def _writable(a):
 
 
 def _panels(rows, n, dtype, zeroed):
-    """Room for a (rows, n) matrix kept as panels (see pack_panels). Padded columns are
-    always zero; with ``zeroed`` (masked passes leave rows unwritten) every entry is."""
+    """Room for a (rows, n) matrix kept as panels (see pack_panels), from the workspace
+    pool. Padded columns are always zero; with ``zeroed`` (masked passes leave rows
+    unwritten) every entry is."""
     nr = NR[np.dtype(dtype).itemsize]
     P = -(-n // nr)
-    alloc = np.zeros if zeroed or P * nr != n else np.empty
-    return alloc((P, rows, nr), dtype=dtype)
+    return workspace.take((P, rows, nr), dtype, zero=zeroed or P * nr != n)
+
+
+class _Saved(dict):
+    """The tape's intermediates: a dict that can carry a finaliser (plain dicts cannot)."""
 
 
 def _dummy(dtype):
@@ -124,12 +129,16 @@ class NumbaBackend(NumpyBackend):
         else:
             out = np.zeros((T, B, H), dtype=dt) if masked else np.empty((T, B, H), dtype=dt)
             hprev = np.zeros((T, B, H), dtype=dt) if training else _dummy(dt)
-        alloc = np.zeros if masked else np.empty
+        pooled = []                          # tape buffers no caller sees: back to the pool
 
         def tape(*shape):
-            return alloc(shape, dtype=dt) if training else _dummy(dt)
+            if not training:
+                return _dummy(dt)
+            a = workspace.take(shape, dt, zero=masked)
+            pooled.append(a)
+            return a
 
-        saved = {"hs": hs, "out": out, "hprev": hprev, "lens": lens, "masked": masked}
+        saved = _Saved(hs=hs, out=out, hprev=hprev, lens=lens, masked=masked)
         U, b = params["U"], _writable(params["b"])
         if cell.name == "lstm":
             gates, cprev, tanhc = tape(T, B, 4 * H), tape(T, B, H), tape(T, B, H)
@@ -153,6 +162,8 @@ class NumbaBackend(NumpyBackend):
         else:
             K.rnn_forward(x, Wp, pack_panels(U), b, cell.nonlinearity == "relu", h, lens,
                           reverse, out, hprev, training, xs, ax, _gemm_out(Bp, H, dt), chunk)
+        if pooled:
+            workspace.give_when_freed(saved, *pooled)
         # The caller gets its own view of out, so flags it sets do not reach the tape's.
         return ForwardOut(out[...], h[:B], None if c is None else c[:B],
                           saved if training else None)
@@ -165,7 +176,13 @@ class NumbaBackend(NumpyBackend):
         dt = x.dtype
         Bp, chunk = padded(B, MR), chunk_size(B)
         masked, lens = saved["masked"], saved["lens"]
-        alloc = np.zeros if masked else np.empty
+        pooled = []                          # temporaries of this pass: back to the pool
+
+        def alloc(shape, dtype):
+            a = workspace.take(shape, dtype, zero=masked)
+            pooled.append(a)
+            return a
+
         has_dh = dh is not None
         dh_arr = dh if has_dh else _dummy(dt)
         dh_carry = _gemm_out(Bp, H, dt)
@@ -183,6 +200,7 @@ class NumbaBackend(NumpyBackend):
             if dc_n is not None:
                 dc_carry[:B] = dc_n
             dGp = _panels(T * B, 4 * H, dt, masked)
+            pooled.append(dGp)
             K.lstm_backward(saved["gates"], saved["cprev"], saved["tanhc"], pack_panels(UT),
                             lens, reverse, dh_arr, has_dh, dh_carry, dc_carry, dGp,
                             np.zeros((Bp, 4 * H), dt), chunk)
@@ -236,4 +254,5 @@ class NumbaBackend(NumpyBackend):
         ordered = {k: grads[k] for k in cell.param_names}
         dh0 = np.ascontiguousarray(dh_carry[:B, :H])
         dc0 = None if dc_carry is None else dc_carry[:B]
+        workspace.give(*pooled)
         return BackwardOut(dx, dh0, dc0, ordered)
