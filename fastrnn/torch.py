@@ -230,7 +230,7 @@ class _LayerFunction(torch.autograd.Function):
                                None if h0 is None else br.array(h0),
                                None if c0 is None else br.array(c0),
                                lengths=run.lengths, reverse=run.reverse, backend=run.backend,
-                               training=training)
+                               training=training, guard=False)
             h = br.output_tensor(res.h) if training else br.tensor(res.h)
             outs = [h, br.tensor(res.h_n, avoid=res.h)]
             if spec.has_cell_state:

@@ -307,6 +307,16 @@ def test_tape_inputs_modified_in_place(name):
         fastrnn.backward(res.tape, dh_n=np.ones((B, H)))
 
 
+def test_unguarded_tape_skips_the_check():
+    """guard=False (what fastrnn.torch passes; torch's version counters guard there) keeps
+    no checksum: backward runs on the changed arrays instead of refusing."""
+    x, params, h0, c0, _ = _problem("lstm")
+    res = fastrnn.forward("lstm", x, params, h0, c0, backend="numpy", guard=False)
+    params["U"].reshape(-1)[0] += 1.0
+    g = fastrnn.backward(res.tape, dh_n=np.ones((B, H)))
+    assert np.isfinite(g.params["U"]).all()
+
+
 def test_tape_of_strided_input_is_a_private_copy():
     """A non-contiguous x is copied into the tape: changing the user's array later is harmless."""
     x, params, h0, c0, _ = _problem("lstm")

@@ -29,7 +29,8 @@ import numpy as np
 from . import numba_kernels as K
 from . import workspace
 from .base import BackwardOut, ForwardOut
-from .numba_gemm import MR, NR, matmul, matmul_packed, pack_panels, padded, panel_matmul
+from .numba_gemm import (MR, NR, matmul, matmul_packed, pack_panels, padded, panel_column_sums,
+                         panel_matmul)
 from .numpy_ref import NumpyBackend
 
 # A thread gets at least this many batch rows. `python bench/threads.py` on the dev machine:
@@ -249,7 +250,7 @@ class NumbaBackend(NumpyBackend):
             n_grad = dGx2[:, 2 * H:] if n_grad is None else n_grad.reshape(rows, H)
             grads["U"] = np.concatenate([_t_matmul(dGx2[:, :2 * H], hprev2),
                                          _t_matmul(n_grad, n_input.reshape(rows, H))], axis=1)
-        grads["b"] = dGp.sum(axis=1).reshape(-1)[:G * H]
+        grads["b"] = panel_column_sums(dGp, G * H)
         dx = np.ascontiguousarray(panel_matmul(dGp, G * H, W.T)).reshape(T, B, I)
         ordered = {k: grads[k] for k in cell.param_names}
         dh0 = np.ascontiguousarray(dh_carry[:B, :H])

@@ -74,10 +74,13 @@ def fill_row(dst, value, n):
 @njit(**JIT)
 def store_panels(dst, r, src, n):
     """Row r of an (R, n) matrix kept as panels dst (P, R, NR) (see pack_panels) = src[:n]."""
-    nr = dst.shape[2]
-    for p in range(dst.shape[0]):
-        lo = p * nr
-        copy_row(dst[p, r], src[lo:], min(nr, n - lo))
+    P, R, nr = dst.shape
+    flat = dst.reshape(P * R * nr)
+    for p in range(P):
+        lo = uint64(p * nr)
+        base = uint64((p * R + r) * nr)
+        for j in range(uint64(min(nr, n - p * nr))):
+            flat[base + j] = src[lo + j]
 
 
 @njit(**JIT)
@@ -229,26 +232,33 @@ def lstm_forward(x, Wp, Up, bias, h, c, lengths, reverse, out, hprev, gates, cpr
 
 @njit(**JIT)
 def lstm_bwd_row(g, cp, tc, dhc, dcc, d, H):
-    """Gate gradients dL/da (4H) for gates g = (i, f, g, o); updates the carries."""
+    """Gate gradients dL/da (4H) for gates g = (i, f, g, o); updates the carries.
+
+    Split in three loops over at most four arrays each: as one loop over all six LLVM's
+    alias checks gave up and it ran scalar (measured 0.25 against 0.20 ms per LSTM pass).
+    """
     one = d.dtype.type(1)
     zero = one - one
     h1 = uint64(H)
     h2 = h1 + h1
     h3 = h2 + h1
     for j in range(h1):
+        o = g[h3 + j]
+        t = tc[j]
         dhn = dhc[j]
+        dcc[j] += dhn * o * (one - t * t)            # dcc now holds dL/dc of this step
+        d[h3 + j] = dhn * t * o * (one - o)
+    for j in range(h1):
+        dhc[j] = zero
+    for j in range(h1):
+        dc = dcc[j]
         i = g[j]
         f = g[h1 + j]
         gg = g[h2 + j]
-        o = g[h3 + j]
-        t = tc[j]
-        dc = dcc[j] + dhn * o * (one - t * t)
         d[j] = dc * gg * i * (one - i)
         d[h1 + j] = dc * cp[j] * f * (one - f)
         d[h2 + j] = dc * i * (one - gg * gg)
-        d[h3 + j] = dhn * t * o * (one - o)
         dcc[j] = dc * f
-        dhc[j] = zero
 
 
 @njit(**PARALLEL)
