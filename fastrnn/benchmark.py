@@ -433,8 +433,13 @@ def _timed_rounds(jobs: dict[str, Job], records: dict[str, Record], config: Benc
     return times
 
 
-def measure_peaks(dtypes, devices, n_cpu: int = 2048) -> dict[tuple[str, str], float]:
-    """GEMM peak in GFLOP/s per (device, dtype): NumPy's BLAS for "cpu", cuBLAS for "gpu"."""
+def measure_peaks(dtypes, devices, n_cpu: int = 1600) -> dict[tuple[str, str], float]:
+    """GEMM peak in GFLOP/s per (device, dtype): NumPy's BLAS for "cpu", cuBLAS for "gpu".
+
+    The CPU size is not a power of two: rows 2048 floats apart map to the same L1 sets,
+    which cost the packed GEMM a third of its rate on the dev machine (n = 2048 gave
+    205-363 GFLOP/s from one minute to the next, n = 1600 about 400).
+    """
     from .sysinfo import gemm_peak
     peaks = {}
     for device in devices:

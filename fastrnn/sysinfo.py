@@ -205,7 +205,7 @@ def _gemm_operands(device: str, dtype: str, n: int):
     return a, b, torch.empty_like(a), torch.matmul, torch.cuda.synchronize
 
 
-def gemm_peak(dtype="float32", device: str = "cpu", n: int = 2048, max_s: float = 1.0) -> float:
+def gemm_peak(dtype="float32", device: str = "cpu", n: int = 1600, max_s: float = 1.0) -> float:
     """Best GFLOP/s of an ``n x n`` by ``n x n`` matrix product in ``dtype`` on ``device``.
 
     ``device="cpu"``: the better of NumPy's BLAS and the numba backend's own packed GEMM
