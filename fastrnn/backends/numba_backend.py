@@ -7,8 +7,11 @@ Plan of a forward pass (see DESIGN.md, "How speed is reached"):
    updates the state, masks by ``lengths`` and writes the tape. The batch is split into
    chunks that run the whole loop on their own threads.
 Backward mirrors it: only ``dgates @ U^T`` runs per step; ``dW``, ``dU``, ``db`` and ``dx``
-are each one GEMM (or sum) over all T*B rows after the loop. Every GEMM runs on the
-micro-kernel of :mod:`.numba_gemm`, threaded over rows.
+are each one GEMM (or sum) over all T*B rows after the loop. The LSTM and GRU kernels
+write their gate gradients straight into the panel layout of :func:`.numba_gemm.pack_panels`,
+so those GEMMs read them as the packed operand without another copy. Every GEMM runs on
+the micro-kernel of :mod:`.numba_gemm`, threaded over rows. Tape buffers and backward
+temporaries come from the :mod:`.workspace` pool.
 
 What the tape holds per (t, b), beyond x and the params (H floats each unless stated):
 rnn h_prev and h (shared: one (T+1, B, H) buffer without lengths); lstm gates i, f, g, o
@@ -195,6 +198,7 @@ class NumbaBackend(NumpyBackend):
         hprev = saved["hprev"]
         grads = {}
         dGp = dGx = None                        # dL/da over all T*B rows: panels or rows
+        u_panels = None                         # what meets h_prev in dU when not dGp
 
         if cell.name == "lstm":
             dc_carry = np.zeros((Bp, H), dtype=dt)
@@ -207,12 +211,14 @@ class NumbaBackend(NumpyBackend):
                             np.zeros((Bp, 4 * H), dt), chunk)
             u_inputs = None
         elif cell.name == "gru":
-            dGx = alloc((T, B, 3 * H), dtype=dt)
-            dhn = alloc((T, B, H), dtype=dt)
+            dGp = _panels(T * B, 3 * H, dt, masked)
+            u_panels = _panels(T * B, 3 * H, dt, masked)   # (da_r, da_z, dhn): U's gradient
+            pooled += [dGp, u_panels]
             K.gru_backward(saved["gates"], hprev, pack_panels(UT), lens, reverse, dh_arr, has_dh,
-                           dh_carry, dGx, dhn, np.zeros((Bp, 3 * H), dt), chunk)
-            grads["bn"] = dhn.reshape(T * B, H).sum(axis=0)
-            u_inputs = (hprev, dhn)              # U_rz sees h_prev, U_n too (through dhn)
+                           dh_carry, dGp, u_panels, np.zeros((Bp, 3 * H), dt),
+                           np.empty((Bp, 3 * H), dt), chunk)
+            grads["bn"] = panel_column_sums(u_panels, 3 * H)[2 * H:]
+            u_inputs = None
         elif cell.name == "gru_reset_before":
             dGx = alloc((T, B, 3 * H), dtype=dt)
             rh = alloc((T, B, H), dtype=dt)
@@ -220,7 +226,7 @@ class NumbaBackend(NumpyBackend):
                               pack_panels(UT[2 * H:]), lens, reverse, dh_arr, has_dh, dh_carry,
                               dGx, rh, np.zeros((Bp, H), dt), np.zeros((Bp, 2 * H), dt),
                               _gemm_out(Bp, H, dt), chunk)
-            u_inputs = (rh, None)                # U_n sees r * h_prev; its grad is dGx's n part
+            u_inputs = rh                        # U_n sees r * h_prev; its grad is dGx's n part
         else:
             dG = alloc((T, B, H), dtype=dt)
             out = saved["out"]
@@ -244,12 +250,11 @@ class NumbaBackend(NumpyBackend):
             x2 = np.where(valid, x2, 0)
         grads["W"] = _weight_grad(x2, dGp, G * H)
         if u_inputs is None:                        # U sees h_prev in every gate column
-            grads["U"] = _weight_grad(hprev2, dGp, G * H)
-        else:                                       # GRUs: the n columns see another input
-            n_input, n_grad = u_inputs
-            n_grad = dGx2[:, 2 * H:] if n_grad is None else n_grad.reshape(rows, H)
+            grads["U"] = _weight_grad(hprev2, dGp if u_panels is None else u_panels, G * H)
+        else:                                       # U_n sees r * h_prev
             grads["U"] = np.concatenate([_t_matmul(dGx2[:, :2 * H], hprev2),
-                                         _t_matmul(n_grad, n_input.reshape(rows, H))], axis=1)
+                                         _t_matmul(dGx2[:, 2 * H:], u_inputs.reshape(rows, H))],
+                                        axis=1)
         grads["b"] = panel_column_sums(dGp, G * H)
         dx = np.ascontiguousarray(panel_matmul(dGp, G * H, W.T)).reshape(T, B, I)
         ordered = {k: grads[k] for k in cell.param_names}

@@ -338,9 +338,12 @@ def gru_forward(x, Wp, Up, bias, bn, h, lengths, reverse, out, hprev, gates, tra
 
 
 @njit(**JIT)
-def gru_bwd_row(g, hp, dhc, dx_row, dhn_row, w, H):
-    """Gradients for 'gru' at one row: dx_row = dL/d(xW+b) (3H), dhn_row = dL/d(hU_n+bn),
-    w = (da_r, da_z, dhn) for the recurrent product; dhc becomes the direct term z*dh."""
+def gru_bwd_row(g, hp, dhc, dx_row, w, H):
+    """Gradients for 'gru' at one row: dx_row = dL/d(xW+b) (3H) and w = (da_r, da_z, dhn)
+    with dhn = dL/d(hU_n+bn), the rows that meet U; dhc becomes the direct term z*dh.
+
+    Two loops over at most four arrays each, so that both vectorise (see lstm_bwd_row).
+    """
     one = g.dtype.type(1)
     h1 = uint64(H)
     h2 = h1 + h1
@@ -352,24 +355,25 @@ def gru_bwd_row(g, hp, dhc, dx_row, dhn_row, w, H):
         n = g[h2 + j]
         hn = g[h3 + j]
         dan = d * (one - z) * (one - n * n)
-        dar = dan * hn * r * (one - r)
-        daz = d * (hp[j] - n) * z * (one - z)
-        dhn = dan * r
-        dx_row[j] = dar
-        dx_row[h1 + j] = daz
+        dx_row[j] = dan * hn * r * (one - r)
+        dx_row[h1 + j] = d * (hp[j] - n) * z * (one - z)
         dx_row[h2 + j] = dan
-        dhn_row[j] = dhn
-        w[j] = dar
-        w[h1 + j] = daz
-        w[h2 + j] = dhn
         dhc[j] = d * z
+    for j in range(h1):
+        w[j] = dx_row[j]
+        w[h1 + j] = dx_row[h1 + j]
+        w[h2 + j] = dx_row[h2 + j] * g[j]
 
 
 @njit(**PARALLEL)
-def gru_backward(gates, hprev, UTp, lengths, reverse, dh, has_dh, dh_carry, dGx, dhn_all, ws,
-                 chunk):
-    """Matches numpy_ref.gru_step_backward for 'gru'. Fills dGx (T, B, 3H) = dL/d(xW + b)
-    and dhn_all (T, B, H) = dL/d(h @ U_n + bn). ws (Bp, 3H) must start zero."""
+def gru_backward(gates, hprev, UTp, lengths, reverse, dh, has_dh, dh_carry, dGxp, wp, ws,
+                 scratch, chunk):
+    """Matches numpy_ref.gru_step_backward for 'gru'.
+
+    Fills, as panels (P, T*B, NR) with row t*B + b: dGxp = dL/d(xW + b) (3H columns) and
+    wp = (da_r, da_z, dL/d(h @ U_n + bn)), the gradient that meets U. ws (Bp, 3H) must
+    start zero; scratch (Bp, 3H) is workspace.
+    """
     T, B, H = hprev.shape
     Bp = dh_carry.shape[0]
     zero = ws.dtype.type(0)
@@ -383,8 +387,9 @@ def gru_backward(gates, hprev, UTp, lengths, reverse, dh, has_dh, dh_carry, dGx,
                 t = time_of(s, b, lengths, reverse)
                 if has_dh:
                     add_row(dh_carry[b], dh[t, b], H)
-                gru_bwd_row(gates[t, b], hprev[t, b], dh_carry[b], dGx[t, b], dhn_all[t, b],
-                            ws[b], H)
+                gru_bwd_row(gates[t, b], hprev[t, b], dh_carry[b], scratch[b], ws[b], H)
+                store_panels(dGxp, t * B + b, scratch[b], 3 * H)
+                store_panels(wp, t * B + b, ws[b], 3 * H)
             packed_gemm(ws, b0, b1, UTp, dh_carry, 1)
 
 
