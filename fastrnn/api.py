@@ -195,7 +195,9 @@ def forward(cell, x, params, h0=None, c0=None, *, lengths=None, reverse=False,
         training: keep a tape for :func:`backward`; False keeps nothing.
         guard: checksum the inputs, so that :func:`backward` refuses the tape once one of
             them was changed in place. ``fastrnn.torch`` passes False: torch's version
-            counters already refuse that, and the checksums cost about 0.1 ms a call.
+            counters refuse the in-place changes that autograd tracks, as for
+            ``torch.nn`` (changes through ``.data`` or a NumPy alias go unseen there, as
+            they do for ``torch.nn``), and the checksums cost about 0.1 ms a call.
 
     Returns:
         :class:`ForwardResult` with ``h``, ``h_n``, ``c_n`` and ``tape``.

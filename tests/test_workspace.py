@@ -54,13 +54,48 @@ def test_small_and_foreign_arrays_are_not_pooled():
     assert workspace.idle_bytes() == 0
 
 
-def test_limit_and_release(monkeypatch):
+def test_limit_evicts_the_longest_idle_and_release_empties(monkeypatch):
     a, b = workspace.take(BIG, np.float32), workspace.take(BIG, np.float32)
-    monkeypatch.setattr(workspace, "MAX_BYTES", a.nbytes)
+    c = workspace.take((2,) + BIG, np.float32)
+    monkeypatch.setattr(workspace, "MAX_BYTES", 2 * a.nbytes)
     workspace.give(a, b)
-    assert workspace.idle_bytes() == a.nbytes          # the second one did not fit
+    assert workspace.idle_bytes() == 2 * a.nbytes
+    workspace.give(c)                                  # needs the room of both: they go
+    assert workspace.idle_bytes() == c.nbytes
+    assert np.shares_memory(workspace.take(c.shape, np.float32), c)
+    workspace.give(np.empty((3,) + BIG, np.float32))   # larger than the whole pool: dropped
+    assert workspace.idle_bytes() == 0
+    workspace.give(a)
     workspace.release()
     assert workspace.idle_bytes() == 0
+
+
+def test_changing_shapes_keep_the_recent_sizes(monkeypatch):
+    """With shapes that change (bucketed lengths), the pool ends up holding what the latest
+    passes use, within its limit."""
+    monkeypatch.setattr(workspace, "MAX_BYTES", 16 << 20)
+    for T in range(40, 120):
+        small, big = workspace.take((T, 32, 128), np.float32), workspace.take((T, 32, 512),
+                                                                             np.float32)
+        workspace.give(small, big)
+        assert workspace.idle_bytes() <= 16 << 20
+    assert np.shares_memory(workspace.take(big.shape, np.float32), big)
+    assert np.shares_memory(workspace.take(small.shape, np.float32), small)
+
+
+def test_finaliser_only_queues():
+    """A tape freed while the pool's lock is held (a finaliser runs inside any allocation)
+    must not block: its buffers are queued and collected by the next call."""
+    class Owner:
+        pass
+
+    owner, a = Owner(), workspace.take(BIG, np.float32)
+    workspace.give_when_freed(owner, a)
+    del a
+    with workspace._lock:
+        del owner                                      # finaliser runs here, lock held
+        gc.collect()
+    assert workspace.idle_bytes() == BIG[0] * BIG[1] * BIG[2] * 4
 
 
 def test_tape_buffers_return_to_the_pool_when_the_tape_is_freed():

@@ -196,8 +196,11 @@ def matmul_packed(A: np.ndarray, Bp: np.ndarray, n: int) -> np.ndarray:
     """
     M, K = A.shape
     P, Kb, nr = Bp.shape
-    if Kb != K:
-        raise ValueError(f"matmul_packed: A has {K} columns, packed B {Kb} rows")
+    if Kb != K or A.dtype != Bp.dtype:
+        raise ValueError(f"matmul_packed: A ({K} columns, {A.dtype}) does not fit packed B "
+                         f"({Kb} rows, {Bp.dtype})")
+    if K == 0:
+        return np.zeros((M, n), dtype=A.dtype)
     Mp = padded(M, MR)
     if Mp != M:
         Ap = np.zeros((Mp, K), dtype=A.dtype)
