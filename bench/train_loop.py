@@ -130,6 +130,24 @@ def _limit_threads(n):
     return info
 
 
+def write_json(path, benchmark, args, threads, results, **extra):
+    """Write one run as JSON: the benchmark's name, its arguments, thread counts, versions,
+    the machine, any ``extra`` fields and the results."""
+    payload = {
+        "benchmark": benchmark,
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        **extra,
+        "threads": threads,
+        "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                     "numpy": np.__version__, "fastrnn": fastrnn.__version__},
+        "machine": {"platform": platform.platform(), "processor": platform.processor()},
+        "results": results,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    print(f"wrote {path}")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -175,19 +193,7 @@ def main(argv=None):
         print(f"{r['cell']:<6}{s['torch.nn']:>17.2f}{s['fastrnn']:>16.2f}{r['speedup']:>8.2f}x"
               f"{last['torch.nn']:>12.4f}{last['fastrnn']:>14.4f}{r['max_loss_diff']:>13.2e}")
     if args.json:
-        payload = {
-            "benchmark": "train_loop",
-            "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-            "fastrnn_backend": backend,
-            "threads": threads,
-            "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                         "numpy": np.__version__, "fastrnn": fastrnn.__version__},
-            "machine": {"platform": platform.platform(), "processor": platform.processor()},
-            "results": results,
-        }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(payload, indent=2) + "\n")
-        print(f"wrote {args.json}")
+        write_json(args.json, "train_loop", args, threads, results, fastrnn_backend=backend)
     return results
 
 

@@ -28,8 +28,6 @@ run as fast as a bare in-cache GEMM of its step's shape.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import sys
 import time
@@ -38,17 +36,14 @@ from pathlib import Path
 import numba
 import numpy as np
 import torch
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import fastrnn                                    # noqa: E402
-import fastrnn.torch as frt                       # noqa: E402
 from fastrnn.backends.numba_gemm import pack_panels, packed_gemm  # noqa: E402
 from fastrnn.sysinfo import gemm_peak              # noqa: E402
 from train_loop import (CELLS, CharLM, _limit_threads, markov_batches,  # noqa: E402
-                        train_steps)
+                        train_steps, write_json)
 
 GATES = {"lstm": 4, "gru": 3}
 
@@ -186,17 +181,7 @@ def main(argv=None):
           f"that rate, pointwise work and tape traffic included "
           f"(torch.nn now: {rate['torch'] / peak:.0%}, fastrnn: {rate['fastrnn'] / peak:.0%})")
     if args.json:
-        payload = {"benchmark": "train_loop_bound",
-                   "config": {k: (str(v) if isinstance(v, Path) else v)
-                              for k, v in vars(args).items()},
-                   "threads": threads,
-                   "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                                "numpy": np.__version__, "fastrnn": fastrnn.__version__},
-                   "machine": {"platform": platform.platform()},
-                   "results": r}
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(payload, indent=2) + "\n")
-        print(f"wrote {args.json}")
+        write_json(args.json, "train_loop_bound", args, threads, r)
     return r
 
 

@@ -32,7 +32,6 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from . import api as _api
-from . import backends as _backends
 from .cells import get_cell
 from .validation import (as_array, check_lengths, check_params, check_same_dtype,
                          check_sequence_input, check_shape, describe)
@@ -100,16 +99,6 @@ class StackTape:
 
 
 # ----------------------------------------------------------------------------- helpers
-
-def _pick_backend(backend, x):
-    if backend is None or backend == "auto":
-        backend = _backends.auto_backend_name(x)
-    if isinstance(backend, _backends.Backend):
-        return backend
-    if not isinstance(backend, str):
-        raise TypeError(f"backend: expected a backend name (str), got {type(backend).__name__}")
-    return _backends.get_backend(backend)
-
 
 def _normalise_params(params):
     """(list over layers of lists over directions of mappings, which layers were bare)."""
@@ -242,7 +231,7 @@ def stack_forward(cell, x, params, h0=None, c0=None, *, lengths=None, batch_firs
         :class:`StackResult` with ``h`` (…, D*H), ``h_n``, ``c_n`` (L*D, B, H) and ``tape``.
     """
     spec = get_cell(cell)
-    be = _pick_backend(backend, x)
+    be = _api._pick_backend(backend, x)
     xp = be.xp
     x, unbatched = check_sequence_input(xp, x, be.dtypes, lengths)
     batch_first = bool(batch_first) and not unbatched

@@ -56,13 +56,13 @@ def _writable(a):
     return a if a.flags.writeable else a.copy()
 
 
-def _panels(rows, n, dtype, zeroed):
-    """Room for a (rows, n) matrix kept as panels (see pack_panels), from the workspace
-    pool. Padded columns are always zero; with ``zeroed`` (masked passes leave rows
-    unwritten) every entry is."""
+def _panels(lease, rows, n, dtype, zeroed):
+    """Room for a (rows, n) matrix kept as panels (see pack_panels), taken by ``lease``
+    from the workspace pool. Padded columns are always zero; with ``zeroed`` (masked passes
+    leave rows unwritten) every entry is."""
     nr = NR[np.dtype(dtype).itemsize]
     P = -(-n // nr)
-    return workspace.take((P, rows, nr), dtype, zero=zeroed or P * nr != n)
+    return lease.take((P, rows, nr), dtype, zero=zeroed or P * nr != n)
 
 
 class _Saved(dict):
@@ -133,14 +133,10 @@ class NumbaBackend(NumpyBackend):
         else:
             out = np.zeros((T, B, H), dtype=dt) if masked else np.empty((T, B, H), dtype=dt)
             hprev = np.zeros((T, B, H), dtype=dt) if training else _dummy(dt)
-        pooled = []                          # tape buffers no caller sees: back to the pool
+        lease = workspace.Lease()            # tape buffers no caller sees: back to the pool
 
         def tape(*shape):
-            if not training:
-                return _dummy(dt)
-            a = workspace.take(shape, dt, zero=masked)
-            pooled.append(a)
-            return a
+            return lease.take(shape, dt, zero=masked) if training else _dummy(dt)
 
         saved = _Saved(hs=hs, out=out, hprev=hprev, lens=lens, masked=masked)
         U, b = params["U"], _writable(params["b"])
@@ -166,8 +162,7 @@ class NumbaBackend(NumpyBackend):
         else:
             K.rnn_forward(x, Wp, pack_panels(U), b, cell.nonlinearity == "relu", h, lens,
                           reverse, out, hprev, training, xs, ax, _gemm_out(Bp, H, dt), chunk)
-        if pooled:
-            workspace.give_when_freed(saved, *pooled)
+        lease.give_when_freed(saved)
         # The caller gets its own view of out, so flags it sets do not reach the tape's.
         return ForwardOut(out[...], h[:B], None if c is None else c[:B],
                           saved if training else None)
@@ -180,12 +175,7 @@ class NumbaBackend(NumpyBackend):
         dt = x.dtype
         Bp, chunk = padded(B, MR), chunk_size(B)
         masked, lens = saved["masked"], saved["lens"]
-        pooled = []                          # temporaries of this pass: back to the pool
-
-        def alloc(shape, dtype):
-            a = workspace.take(shape, dtype, zero=masked)
-            pooled.append(a)
-            return a
+        lease = workspace.Lease()            # temporaries of this pass: back to the pool
 
         has_dh = dh is not None
         dh_arr = dh if has_dh else _dummy(dt)
@@ -198,37 +188,32 @@ class NumbaBackend(NumpyBackend):
         hprev = saved["hprev"]
         grads = {}
         dGp = dGx = None                        # dL/da over all T*B rows: panels or rows
-        u_panels = None                         # what meets h_prev in dU when not dGp
+        u_panels = None                         # what meets h_prev in dU, if not dGp
 
         if cell.name == "lstm":
             dc_carry = np.zeros((Bp, H), dtype=dt)
             if dc_n is not None:
                 dc_carry[:B] = dc_n
-            dGp = _panels(T * B, 4 * H, dt, masked)
-            pooled.append(dGp)
+            dGp = _panels(lease, T * B, 4 * H, dt, masked)
             K.lstm_backward(saved["gates"], saved["cprev"], saved["tanhc"], pack_panels(UT),
                             lens, reverse, dh_arr, has_dh, dh_carry, dc_carry, dGp,
                             np.zeros((Bp, 4 * H), dt), chunk)
-            u_inputs = None
         elif cell.name == "gru":
-            dGp = _panels(T * B, 3 * H, dt, masked)
-            u_panels = _panels(T * B, 3 * H, dt, masked)   # (da_r, da_z, dhn): U's gradient
-            pooled += [dGp, u_panels]
+            dGp = _panels(lease, T * B, 3 * H, dt, masked)
+            u_panels = _panels(lease, T * B, 3 * H, dt, masked)  # (da_r, da_z, dhn): U's grad
             K.gru_backward(saved["gates"], hprev, pack_panels(UT), lens, reverse, dh_arr, has_dh,
                            dh_carry, dGp, u_panels, np.zeros((Bp, 3 * H), dt),
                            np.empty((Bp, 3 * H), dt), chunk)
             grads["bn"] = panel_column_sums(u_panels, 3 * H)[2 * H:]
-            u_inputs = None
         elif cell.name == "gru_reset_before":
-            dGx = alloc((T, B, 3 * H), dtype=dt)
-            rh = alloc((T, B, H), dtype=dt)
+            dGx = lease.take((T, B, 3 * H), dt, zero=masked)
+            rh = lease.take((T, B, H), dt, zero=masked)
             K.gru_rb_backward(saved["gates"], hprev, pack_panels(UT[:2 * H]),
                               pack_panels(UT[2 * H:]), lens, reverse, dh_arr, has_dh, dh_carry,
                               dGx, rh, np.zeros((Bp, H), dt), np.zeros((Bp, 2 * H), dt),
                               _gemm_out(Bp, H, dt), chunk)
-            u_inputs = rh                        # U_n sees r * h_prev; its grad is dGx's n part
         else:
-            dG = alloc((T, B, H), dtype=dt)
+            dG = lease.take((T, B, H), dt, zero=masked)
             out = saved["out"]
             if not out.flags.writeable:          # numba would compile a read-only variant
                 out = out.view()
@@ -236,7 +221,6 @@ class NumbaBackend(NumpyBackend):
             K.rnn_backward(out, hprev, pack_panels(UT), cell.nonlinearity == "relu", lens,
                            reverse, dh_arr, has_dh, dh_carry, dG, np.zeros((Bp, H), dt), chunk)
             dGx = dG
-            u_inputs = None
 
         rows = T * B
         if dGp is None:
@@ -249,16 +233,15 @@ class NumbaBackend(NumpyBackend):
             valid = (np.arange(T)[:, None] < lens[None, :]).reshape(rows, 1)
             x2 = np.where(valid, x2, 0)
         grads["W"] = _weight_grad(x2, dGp, G * H)
-        if u_inputs is None:                        # U sees h_prev in every gate column
-            grads["U"] = _weight_grad(hprev2, dGp if u_panels is None else u_panels, G * H)
-        else:                                       # U_n sees r * h_prev
+        if cell.name == "gru_reset_before":         # U_n sees r * h_prev, its grad dGx's n part
             grads["U"] = np.concatenate([_t_matmul(dGx2[:, :2 * H], hprev2),
-                                         _t_matmul(dGx2[:, 2 * H:], u_inputs.reshape(rows, H))],
-                                        axis=1)
+                                         _t_matmul(dGx2[:, 2 * H:], rh.reshape(rows, H))], axis=1)
+        else:                                       # U sees h_prev in every gate column
+            grads["U"] = _weight_grad(hprev2, dGp if u_panels is None else u_panels, G * H)
         grads["b"] = panel_column_sums(dGp, G * H)
         dx = np.ascontiguousarray(panel_matmul(dGp, G * H, W.T)).reshape(T, B, I)
         ordered = {k: grads[k] for k in cell.param_names}
         dh0 = np.ascontiguousarray(dh_carry[:B, :H])
         dc0 = None if dc_carry is None else dc_carry[:B]
-        workspace.give(*pooled)
+        lease.give()
         return BackwardOut(dx, dh0, dc0, ordered)

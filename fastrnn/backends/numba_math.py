@@ -65,6 +65,16 @@ def sigm(x):
     return 0.5 + 0.5 * math.tanh(0.5 * x)
 
 
+@njit(**JIT)
+def polynomial(c, x):
+    """c[0] + c[1] x + c[2] x^2 + ... by Horner's rule, for a tuple of constants c (the
+    loop unrolls at compile time)."""
+    p = c[-1]
+    for k in range(len(c) - 2, -1, -1):
+        p = p * x + c[k]
+    return p
+
+
 @intrinsic
 def _bits_to_float64(typingctx, bits):
     """Reinterpret an int64 as the float64 with the same bits (an LLVM bitcast)."""
@@ -79,21 +89,7 @@ def exp_nonpositive(y):
     y = -708.0 if y < -708.0 else y             # written so that NaN passes through
     k = (y * LOG2E + ROUND_MAGIC) - ROUND_MAGIC
     r = (y - k * LN2_HI) - k * LN2_LO
-    c = _EXP_SERIES
-    p = c[13]
-    p = p * r + c[12]
-    p = p * r + c[11]
-    p = p * r + c[10]
-    p = p * r + c[9]
-    p = p * r + c[8]
-    p = p * r + c[7]
-    p = p * r + c[6]
-    p = p * r + c[5]
-    p = p * r + c[4]
-    p = p * r + c[3]
-    p = p * r + c[2]
-    p = p * r + c[1]
-    p = p * r + c[0]
+    p = polynomial(_EXP_SERIES, r)
     k = k if k == k else 0.0                    # NaN: a defined integer (p carries the NaN)
     return p * _bits_to_float64((int64(k) + 1023) << 52)
 
@@ -104,19 +100,7 @@ def tanh64(x):
     e = exp_nonpositive(-2.0 * a)
     large = math.copysign((1.0 - e) / (1.0 + e), x)
     u = x * x
-    c = _TANH64_SERIES
-    p = c[11]
-    p = p * u + c[10]
-    p = p * u + c[9]
-    p = p * u + c[8]
-    p = p * u + c[7]
-    p = p * u + c[6]
-    p = p * u + c[5]
-    p = p * u + c[4]
-    p = p * u + c[3]
-    p = p * u + c[2]
-    p = p * u + c[1]
-    p = p * u + c[0]
+    p = polynomial(_TANH64_SERIES, u)
     return x * p if a < 0.25 else large
 
 
@@ -185,15 +169,7 @@ def exp32_nonpositive(y):
     y = _F32(-104.0) if y < _F32(-104.0) else y  # written so that NaN passes through
     k = (y * _LOG2E32 + _ROUND_MAGIC32) - _ROUND_MAGIC32
     r = (y - k * _LN2_HI32) - k * _LN2_LO32
-    c = _EXP32_SERIES
-    p = c[7]
-    p = p * r + c[6]
-    p = p * r + c[5]
-    p = p * r + c[4]
-    p = p * r + c[3]
-    p = p * r + c[2]
-    p = p * r + c[1]
-    p = p * r + c[0]
+    p = polynomial(_EXP32_SERIES, r)
     k = k if k == k else _F32(0.0)              # NaN: a defined integer (p carries the NaN)
     return (p * _bits_to_float32((np.int32(k) + np.int32(191)) << np.int32(23))) * _TWO_M64
 

@@ -26,7 +26,7 @@ import weakref
 
 import numpy as np
 
-__all__ = ["take", "give", "give_when_freed", "release", "idle_bytes", "MAX_BYTES"]
+__all__ = ["take", "give", "give_when_freed", "Lease", "release", "idle_bytes", "MAX_BYTES"]
 
 MIN_BYTES = 1 << 18                     # smaller arrays come from malloc's own free lists
 MAX_BYTES = int(float(os.environ.get("FASTRNN_WORKSPACE_MB", "256")) * (1 << 20))
@@ -104,6 +104,30 @@ def _collect_freed():
 def give_when_freed(owner, *arrays) -> None:
     """Return ``arrays`` to the pool once ``owner`` (which alone holds them) is freed."""
     weakref.finalize(owner, _freed.append, arrays)
+
+
+class Lease:
+    """The arrays one pass takes from the pool, given back together: at the end of the pass
+    (:meth:`give`) or when the object that holds them is freed (:meth:`give_when_freed`)."""
+
+    __slots__ = ("arrays",)
+
+    def __init__(self):
+        self.arrays = []
+
+    def take(self, shape, dtype, zero: bool = False) -> np.ndarray:
+        a = take(shape, dtype, zero)
+        self.arrays.append(a)
+        return a
+
+    def give(self) -> None:
+        give(*self.arrays)
+        self.arrays = []
+
+    def give_when_freed(self, owner) -> None:
+        if self.arrays:
+            give_when_freed(owner, *self.arrays)
+        self.arrays = []
 
 
 def release() -> None:
