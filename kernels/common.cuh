@@ -12,7 +12,7 @@
 // Step s of batch row b reads time t(s, b) (see step_time). lengths may be null, meaning
 // every sequence has all T steps.
 //
-// This header is inlined into each .cu by the Python loader (fastrnn.backends.cupy_backend)
+// This header is inlined into each .cu by the Python loader (fastrnn.backends.cupy.nvrtc)
 // before NVRTC compiles it; nvcc finds it through -I.
 
 #ifndef FASTRNN_COMMON_CUH
@@ -92,6 +92,21 @@ __device__ __forceinline__ int step_time(const long long* lengths, int s, int T,
     if (!*running) return s;
     return reverse ? (int)(len - 1 - s) : s;
 }
+
+// One unit of one step, as a kernel's thread loop meets it: element k of a loop over a
+// (rows, width) block of units that starts at hidden unit j0 is batch row b = k / width and
+// unit j = j0 + k % width (the per-step kernels: width H, j0 0). t is the time that step s
+// of row b works on and running whether row b still runs (step_time).
+struct StepUnit {
+    int b, j, t;
+    bool running;
+    __device__ __forceinline__ StepUnit(long long k, int width, int j0,
+                                        const long long* lengths, int s, int T, int reverse) {
+        b = (int)(k / width);
+        j = j0 + (int)(k - (long long)b * width);
+        t = step_time(lengths, s, T, b, reverse, &running);
+    }
+};
 
 // Grid-stride loop over n elements with a 64-bit index.
 #define FOR_EACH(k, n)                                                            \

@@ -68,10 +68,9 @@ __global__ void gru_forward(
     typedef ACC(T) A;
     const long long G = 3LL * H;
     FOR_EACH(k, (long long)B * H) {
-        const int b = (int)(k / H);
-        const int j = (int)(k - (long long)b * H);
-        bool running;
-        const int t = step_time(lengths, s, T_, b, reverse, &running);
+        const StepUnit u(k, H, 0, lengths, s, T_, reverse);
+        const int b = u.b, j = u.j, t = u.t;
+        const bool running = u.running;
         const long long bh = k;
         const long long o = ((long long)t * B + b) * H + j;
         const A hp = load(h_prev, bh);
@@ -119,10 +118,9 @@ __global__ void gru_backward(
     typedef ACC(T) A;
     const long long G = 3LL * H;
     FOR_EACH(k, (long long)B * H) {
-        const int b = (int)(k / H);
-        const int j = (int)(k - (long long)b * H);
-        bool running;
-        const int t = step_time(lengths, s, T_, b, reverse, &running);
+        const StepUnit u(k, H, 0, lengths, s, T_, reverse);
+        const int b = u.b, j = u.j, t = u.t;
+        const bool running = u.running;
         const long long bh = k;
         const long long dr = (long long)b * G + j;
         const A carry = load(dh_direct_in, bh) + load(dh_rec, bh);
@@ -164,10 +162,9 @@ __global__ void grurb_forward_rz(
     typedef ACC(T) A;
     const long long G = 3LL * H;
     FOR_EACH(k, (long long)B * H) {
-        const int b = (int)(k / H);
-        const int j = (int)(k - (long long)b * H);
-        bool running;
-        const int t = step_time(lengths, s, T_, b, reverse, &running);
+        const StepUnit u(k, H, 0, lengths, s, T_, reverse);
+        const int b = u.b, j = u.j, t = u.t;
+        const bool running = u.running;
         const long long bh = k;
         if (!running) {
             store(rh, bh, A(0));
@@ -199,10 +196,9 @@ __global__ void grurb_forward_n(
     typedef ACC(T) A;
     const long long G = 3LL * H;
     FOR_EACH(k, (long long)B * H) {
-        const int b = (int)(k / H);
-        const int j = (int)(k - (long long)b * H);
-        bool running;
-        const int t = step_time(lengths, s, T_, b, reverse, &running);
+        const StepUnit u(k, H, 0, lengths, s, T_, reverse);
+        const int b = u.b, j = u.j, t = u.t;
+        const bool running = u.running;
         const long long bh = k;
         const long long o = ((long long)t * B + b) * H + j;
         const A hp = load(h_prev, bh);
@@ -242,10 +238,9 @@ __global__ void grurb_backward_n(
     typedef ACC(T) A;
     const long long G = 3LL * H;
     FOR_EACH(k, (long long)B * H) {
-        const int b = (int)(k / H);
-        const int j = (int)(k - (long long)b * H);
-        bool running;
-        const int t = step_time(lengths, s, T_, b, reverse, &running);
+        const StepUnit u(k, H, 0, lengths, s, T_, reverse);
+        const int b = u.b, j = u.j, t = u.t;
+        const bool running = u.running;
         const long long bh = k;
         const long long gr = (long long)b * G + j;
         const long long rr = 2LL * H * b + j;
@@ -293,10 +288,9 @@ __global__ void grurb_backward_r(
     typedef ACC(T) A;
     const long long G = 3LL * H;
     FOR_EACH(k, (long long)B * H) {
-        const int b = (int)(k / H);
-        const int j = (int)(k - (long long)b * H);
-        bool running;
-        step_time(lengths, s, T_, b, reverse, &running);
+        const StepUnit u(k, H, 0, lengths, s, T_, reverse);
+        const int b = u.b, j = u.j;
+        const bool running = u.running;
         if (!running) continue;
         const long long bh = k;
         const long long gr = (long long)b * G + j;
@@ -326,16 +320,14 @@ __global__ void gru_persist_forward(
     int T_, int B, int H, int reverse, int keep, int nj, unsigned int* bar)
 {
     typedef ACC(T) A;
-    FASTRNN_DYNAMIC_SMEM(A);
     const int NT = blockDim.x;
     const int j0 = blockIdx.x * nj;
     const int njb = min(nj, H - j0);
     const int C = 3 * njb;
     const long long G = 3LL * H, BH = (long long)B * H;
-    A* W = smem;                                     // W[k * C + g * njb + jj] = U[k, g H + j0 + jj]
-    A* tile = W + (long long)H * 3 * nj;
-    A* red = tile + B * PERSIST_TS;
-    A* hu = red + NT;
+    const PersistSmem<A> sm((long long)H * 3 * nj, B);
+    A* W = sm.W;                                     // W[k * C + g * njb + jj] = U[k, g H + j0 + jj]
+    A* hu = sm.units;
     for (long long q = threadIdx.x; q < (long long)H * C; q += NT) {
         const int k = (int)(q / C), c = (int)(q - (long long)k * C);
         const int g = c / njb, jj = c - g * njb;
@@ -345,11 +337,11 @@ __global__ void gru_persist_forward(
     for (int s = 0; s < T_; ++s) {
         T* hp = hs + (keep ? s : (s & 1)) * BH;
         T* hn = hs + (keep ? s + 1 : ((s + 1) & 1)) * BH;
-        block_matvec(hp, (long long)H, B, H, W, C, tile, red, hu);
+        block_matvec(hp, (long long)H, B, H, sm, C, hu);
         for (int q = threadIdx.x; q < B * njb; q += NT) {
-            const int b = q / njb, jj = q - b * njb, j = j0 + jj;
-            bool running;
-            const int t = step_time(lengths, s, T_, b, reverse, &running);
+            const StepUnit u(q, njb, j0, lengths, s, T_, reverse);
+            const int b = u.b, j = u.j, t = u.t, jj = j - j0;
+            const bool running = u.running;
             const long long bh = (long long)b * H + j;
             const long long o = ((long long)t * B + b) * H + j;
             const A h_old = load_volatile(hp, bh);
@@ -392,15 +384,13 @@ __global__ void gru_persist_backward(
     int T_, int B, int H, int reverse, int nj, unsigned int* bar)
 {
     typedef ACC(T) A;
-    FASTRNN_DYNAMIC_SMEM(A);
     const int NT = blockDim.x;
     const int j0 = blockIdx.x * nj;
     const int njb = min(nj, H - j0);
     const long long G = 3LL * H, BH = (long long)B * H;
-    A* W = smem;                                     // W[c * njb + kk] = U[j0 + kk, c]
-    A* tile = W + G * nj;
-    A* red = tile + B * PERSIST_TS;
-    A* rec = red + NT;
+    const PersistSmem<A> sm(G * nj, B);
+    A* W = sm.W;                                     // W[c * njb + kk] = U[j0 + kk, c]
+    A* rec = sm.units;
     A* carry = rec + B * nj;
     A* direct = carry + B * nj;
     for (long long q = threadIdx.x; q < G * njb; q += NT) {
@@ -415,9 +405,9 @@ __global__ void gru_persist_backward(
     __syncthreads();
     for (int s = T_ - 1; s >= 0; --s) {
         for (int q = threadIdx.x; q < B * njb; q += NT) {
-            const int b = q / njb, j = j0 + q - b * njb;
-            bool running;
-            const int t = step_time(lengths, s, T_, b, reverse, &running);
+            const StepUnit u(q, njb, j0, lengths, s, T_, reverse);
+            const int b = u.b, j = u.j, t = u.t;
+            const bool running = u.running;
             const long long dr = ((long long)s * B + b) * G + j;
             if (!running) {
                 direct[q] = carry[q];
@@ -442,7 +432,7 @@ __global__ void gru_persist_backward(
             direct[q] = d.direct;
         }
         grid_sync(bar);
-        block_matvec(dg_rec + s * B * G, G, B, (int)G, W, njb, tile, red, rec);
+        block_matvec(dg_rec + s * B * G, G, B, (int)G, sm, njb, rec);
         for (int q = threadIdx.x; q < B * njb; q += NT) carry[q] = direct[q] + rec[q];
         __syncthreads();
     }

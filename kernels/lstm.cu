@@ -66,10 +66,9 @@ __global__ void lstm_forward(
     typedef ACC(T) A;
     const long long G = 4LL * H;
     FOR_EACH(k, (long long)B * H) {
-        const int b = (int)(k / H);
-        const int j = (int)(k - (long long)b * H);
-        bool running;
-        const int t = step_time(lengths, s, T_, b, reverse, &running);
+        const StepUnit u(k, H, 0, lengths, s, T_, reverse);
+        const int b = u.b, j = u.j, t = u.t;
+        const bool running = u.running;
         const long long bh = k;                                  // (b, j) in a (B, H) array
         const long long o = ((long long)t * B + b) * H + j;      // (t, b, j) in (T, B, H)
         const A hp = load(h_prev, bh);
@@ -120,10 +119,9 @@ __global__ void lstm_backward(
     typedef ACC(T) A;
     const long long G = 4LL * H;
     FOR_EACH(k, (long long)B * H) {
-        const int b = (int)(k / H);
-        const int j = (int)(k - (long long)b * H);
-        bool running;
-        const int t = step_time(lengths, s, T_, b, reverse, &running);
+        const StepUnit u(k, H, 0, lengths, s, T_, reverse);
+        const int b = u.b, j = u.j, t = u.t;
+        const bool running = u.running;
         const long long bh = k;
         const long long gr = (long long)b * G + j;
         const A carry = load(dh_direct_in, bh) + load(dh_rec, bh);
@@ -165,16 +163,14 @@ __global__ void lstm_persist_forward(
     int T_, int B, int H, int reverse, int keep, int nj, unsigned int* bar)
 {
     typedef ACC(T) A;
-    FASTRNN_DYNAMIC_SMEM(A);
     const int NT = blockDim.x;
     const int j0 = blockIdx.x * nj;
     const int njb = min(nj, H - j0);
     const int C = 4 * njb;
     const long long G = 4LL * H, BH = (long long)B * H;
-    A* W = smem;                                     // W[k * C + g * njb + jj] = U[k, g H + j0 + jj]
-    A* tile = W + (long long)H * 4 * nj;
-    A* red = tile + B * PERSIST_TS;
-    A* hu = red + NT;                                // hu[b * C + g * njb + jj]
+    const PersistSmem<A> sm((long long)H * 4 * nj, B);
+    A* W = sm.W;                                     // W[k * C + g * njb + jj] = U[k, g H + j0 + jj]
+    A* hu = sm.units;                                // hu[b * C + g * njb + jj]
     for (long long q = threadIdx.x; q < (long long)H * C; q += NT) {
         const int k = (int)(q / C), c = (int)(q - (long long)k * C);
         const int g = c / njb, jj = c - g * njb;
@@ -186,11 +182,11 @@ __global__ void lstm_persist_forward(
         T* hn = hs + (keep ? s + 1 : ((s + 1) & 1)) * BH;
         T* cp = cs + (keep ? s : (s & 1)) * BH;
         T* cn = cs + (keep ? s + 1 : ((s + 1) & 1)) * BH;
-        block_matvec(hp, (long long)H, B, H, W, C, tile, red, hu);
+        block_matvec(hp, (long long)H, B, H, sm, C, hu);
         for (int q = threadIdx.x; q < B * njb; q += NT) {
-            const int b = q / njb, jj = q - b * njb, j = j0 + jj;
-            bool running;
-            const int t = step_time(lengths, s, T_, b, reverse, &running);
+            const StepUnit u(q, njb, j0, lengths, s, T_, reverse);
+            const int b = u.b, j = u.j, t = u.t, jj = j - j0;
+            const bool running = u.running;
             const long long bh = (long long)b * H + j;
             const long long o = ((long long)t * B + b) * H + j;
             const A h_old = load_volatile(hp, bh), c_old = load_volatile(cp, bh);
@@ -239,15 +235,13 @@ __global__ void lstm_persist_backward(
     int T_, int B, int H, int reverse, int nj, unsigned int* bar)
 {
     typedef ACC(T) A;
-    FASTRNN_DYNAMIC_SMEM(A);
     const int NT = blockDim.x;
     const int j0 = blockIdx.x * nj;
     const int njb = min(nj, H - j0);
     const long long G = 4LL * H, BH = (long long)B * H;
-    A* W = smem;                                     // W[c * njb + kk] = U[j0 + kk, c]
-    A* tile = W + G * nj;
-    A* red = tile + B * PERSIST_TS;
-    A* rec = red + NT;                               // per (b, jj): dg[s] @ U^T
+    const PersistSmem<A> sm(G * nj, B);
+    A* W = sm.W;                                     // W[c * njb + kk] = U[j0 + kk, c]
+    A* rec = sm.units;                               // per (b, jj): dg[s] @ U^T
     A* carry = rec + B * nj;                         // dL/dh after the step
     A* dcs = carry + B * nj;                         // dL/dc after the step
     A* direct = dcs + B * nj;
@@ -265,9 +259,9 @@ __global__ void lstm_persist_backward(
     __syncthreads();
     for (int s = T_ - 1; s >= 0; --s) {
         for (int q = threadIdx.x; q < B * njb; q += NT) {
-            const int b = q / njb, j = j0 + q - b * njb;
-            bool running;
-            const int t = step_time(lengths, s, T_, b, reverse, &running);
+            const StepUnit u(q, njb, j0, lengths, s, T_, reverse);
+            const int b = u.b, j = u.j, t = u.t;
+            const bool running = u.running;
             const long long bh = (long long)b * H + j;
             const long long gr = ((long long)s * B + b) * G + j;
             if (!running) {
@@ -288,7 +282,7 @@ __global__ void lstm_persist_backward(
             direct[q] = A(0);
         }
         grid_sync(bar);
-        block_matvec(dg + s * B * G, G, B, (int)G, W, njb, tile, red, rec);
+        block_matvec(dg + s * B * G, G, B, (int)G, sm, njb, rec);
         for (int q = threadIdx.x; q < B * njb; q += NT) carry[q] = direct[q] + rec[q];
         __syncthreads();
     }

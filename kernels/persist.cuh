@@ -22,10 +22,24 @@
 #define PERSIST_TS 65     // its row stride in shared memory (+1: no bank conflicts across rows)
 #define PERSIST_R 8       // outputs per thread at most: B * C <= PERSIST_R * blockDim.x
 
-// Dynamic shared memory of a persistent kernel, as an array of the arithmetic type.
-#define FASTRNN_DYNAMIC_SMEM(A)                                                       \
-    extern __shared__ __align__(16) unsigned char fastrnn_smem_raw[];                 \
-    A* smem = reinterpret_cast<A*>(fastrnn_smem_raw)
+// The dynamic shared memory of a persistent kernel, carved in the order the host sizes it
+// (persistent_plan in fastrnn/backends/cupy/persistent.py): W, the block's slice of U
+// (w_elems); tile, the staged k-tile of block_matvec (B * PERSIST_TS); red, its reduction
+// buffer (blockDim.x); then units, the per-unit arrays of the kernel (each B * nj).
+template <typename A>
+struct PersistSmem {
+    A* W;
+    A* tile;
+    A* red;
+    A* units;
+    __device__ __forceinline__ PersistSmem(long long w_elems, int B) {
+        extern __shared__ __align__(16) unsigned char fastrnn_smem_raw[];
+        W = reinterpret_cast<A*>(fastrnn_smem_raw);
+        tile = W + w_elems;
+        red = tile + B * PERSIST_TS;
+        units = red + blockDim.x;
+    }
+};
 
 __device__ __forceinline__ float load_volatile(const float* p, long long i) {
     return ((const volatile float*)p)[i];
@@ -72,15 +86,18 @@ __device__ __forceinline__ void grid_sync(unsigned int* bar) {
     __syncthreads();
 }
 
-// out[b * C + c] = sum_k src[b * ld + k] * W[k * C + c] for b < B, c < C, k < K: the
-// block's slice of a (B x K) @ (K x C) product. src is in global memory and was written by
-// other blocks (volatile loads, staged through a k-tile in shared memory); W, tile, red
-// and out are shared memory (tile: B * PERSIST_TS, red: blockDim.x, out: B * C elements).
+// out[b * C + c] = sum_k src[b * ld + k] * W[k * C + c] for b < B, c < C, k < K, with W,
+// tile and red those of sm: the block's slice of a (B x K) @ (K x C) product. src is in
+// global memory and was written by other blocks (volatile loads, staged through the k-tile
+// in shared memory); out is shared memory (B * C elements).
 // With few outputs the k range is split over otherwise idle threads and the partial sums
 // are added in a fixed order: the result does not depend on timing.
 template <typename T, typename A>
-__device__ void block_matvec(const T* src, long long ld, int B, int K, const A* W, int C,
-                             A* tile, A* red, A* out) {
+__device__ void block_matvec(const T* src, long long ld, int B, int K,
+                             const PersistSmem<A>& sm, int C, A* out) {
+    const A* W = sm.W;
+    A* tile = sm.tile;
+    A* red = sm.red;
     const int NT = blockDim.x, t = threadIdx.x;
     const int P = B * C;
     int KS = 1;

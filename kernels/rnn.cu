@@ -29,10 +29,9 @@ __global__ void rnn_forward(
 {
     typedef ACC(T) A;
     FOR_EACH(k, (long long)B * H) {
-        const int b = (int)(k / H);
-        const int j = (int)(k - (long long)b * H);
-        bool running;
-        const int t = step_time(lengths, s, T_, b, reverse, &running);
+        const StepUnit u(k, H, 0, lengths, s, T_, reverse);
+        const int b = u.b, j = u.j, t = u.t;
+        const bool running = u.running;
         const long long bh = k;
         const long long o = ((long long)t * B + b) * H + j;
         if (!running) {
@@ -61,10 +60,9 @@ __global__ void rnn_backward(
 {
     typedef ACC(T) A;
     FOR_EACH(k, (long long)B * H) {
-        const int b = (int)(k / H);
-        const int j = (int)(k - (long long)b * H);
-        bool running;
-        const int t = step_time(lengths, s, T_, b, reverse, &running);
+        const StepUnit u(k, H, 0, lengths, s, T_, reverse);
+        const int b = u.b, j = u.j, t = u.t;
+        const bool running = u.running;
         const long long bh = k;
         const A carry = load(dh_direct_in, bh) + load(dh_rec, bh);
         if (!running) {
@@ -94,15 +92,13 @@ __global__ void rnn_persist_forward(
     int T_, int B, int H, int reverse, int keep, int nj, unsigned int* bar, int relu)
 {
     typedef ACC(T) A;
-    FASTRNN_DYNAMIC_SMEM(A);
     const int NT = blockDim.x;
     const int j0 = blockIdx.x * nj;
     const int njb = min(nj, H - j0);
     const long long BH = (long long)B * H;
-    A* W = smem;                                     // W[k * njb + jj] = U[k, j0 + jj]
-    A* tile = W + (long long)H * nj;
-    A* red = tile + B * PERSIST_TS;
-    A* hu = red + NT;
+    const PersistSmem<A> sm((long long)H * nj, B);
+    A* W = sm.W;                                     // W[k * njb + jj] = U[k, j0 + jj]
+    A* hu = sm.units;
     for (long long q = threadIdx.x; q < (long long)H * njb; q += NT) {
         const long long k = q / njb;
         W[q] = load(U, k * H + j0 + (q - k * njb));
@@ -111,11 +107,11 @@ __global__ void rnn_persist_forward(
     for (int s = 0; s < T_; ++s) {
         T* hp = hs + (keep ? s : (s & 1)) * BH;
         T* hn = hs + (keep ? s + 1 : ((s + 1) & 1)) * BH;
-        block_matvec(hp, (long long)H, B, H, W, njb, tile, red, hu);
+        block_matvec(hp, (long long)H, B, H, sm, njb, hu);
         for (int q = threadIdx.x; q < B * njb; q += NT) {
-            const int b = q / njb, jj = q - b * njb, j = j0 + jj;
-            bool running;
-            const int t = step_time(lengths, s, T_, b, reverse, &running);
+            const StepUnit u(q, njb, j0, lengths, s, T_, reverse);
+            const int b = u.b, j = u.j, t = u.t;
+            const bool running = u.running;
             const long long bh = (long long)b * H + j;
             const long long o = ((long long)t * B + b) * H + j;
             if (!running) {
@@ -144,15 +140,13 @@ __global__ void rnn_persist_backward(
     int T_, int B, int H, int reverse, int nj, unsigned int* bar, int relu)
 {
     typedef ACC(T) A;
-    FASTRNN_DYNAMIC_SMEM(A);
     const int NT = blockDim.x;
     const int j0 = blockIdx.x * nj;
     const int njb = min(nj, H - j0);
     const long long BH = (long long)B * H;
-    A* W = smem;                                     // W[c * njb + kk] = U[j0 + kk, c]
-    A* tile = W + (long long)H * nj;
-    A* red = tile + B * PERSIST_TS;
-    A* rec = red + NT;
+    const PersistSmem<A> sm((long long)H * nj, B);
+    A* W = sm.W;                                     // W[c * njb + kk] = U[j0 + kk, c]
+    A* rec = sm.units;
     A* carry = rec + B * nj;
     A* direct = carry + B * nj;
     for (long long q = threadIdx.x; q < (long long)H * njb; q += NT) {
@@ -167,9 +161,9 @@ __global__ void rnn_persist_backward(
     __syncthreads();
     for (int s = T_ - 1; s >= 0; --s) {
         for (int q = threadIdx.x; q < B * njb; q += NT) {
-            const int b = q / njb, j = j0 + q - b * njb;
-            bool running;
-            const int t = step_time(lengths, s, T_, b, reverse, &running);
+            const StepUnit u(q, njb, j0, lengths, s, T_, reverse);
+            const int b = u.b, j = u.j, t = u.t;
+            const bool running = u.running;
             const long long bh = (long long)b * H + j;
             if (!running) {
                 direct[q] = carry[q];
@@ -182,7 +176,7 @@ __global__ void rnn_persist_backward(
             direct[q] = A(0);
         }
         grid_sync(bar);
-        block_matvec(dg + s * BH, (long long)H, B, H, W, njb, tile, red, rec);
+        block_matvec(dg + s * BH, (long long)H, B, H, sm, njb, rec);
         for (int q = threadIdx.x; q < B * njb; q += NT) carry[q] = direct[q] + rec[q];
         __syncthreads();
     }
