@@ -1,42 +1,47 @@
 """fastrnn: fast, exact forward and backward passes for Elman RNN, LSTM and GRU cells.
 
 One API, three backends: ``numpy`` (the readable reference), ``numba`` (fused CPU kernels)
-and ``cupy`` (GPU). See DESIGN.md and the README for the contract.
+and ``cupy`` (GPU). The public names live here and at a few flat module paths
+(``fastrnn.torch``, ``fastrnn.convert``); the code lives in one subpackage per layer:
+
+* ``fastrnn.core`` — the contract: cell math, the API, validation, tolerances, config;
+* ``fastrnn.backends`` — one folder per backend behind a small protocol, and a registry;
+* ``fastrnn.layers`` — objects built on the API that hold parameters (layers, stacks);
+* ``fastrnn.interop`` — other libraries: weight conversions, ``torch.nn`` drop-ins;
+* ``fastrnn.tools`` — the ``fastrnn`` command: bench, check, info.
 """
 
 import os as _os
 import sys as _sys
 
+from .core import config
+
 
 def _tune_openblas_before_numpy() -> None:
     """Shorten how long OpenBLAS's idle threads spin, if NumPy is not loaded yet and the
-    user set nothing.
-
-    They spin for 2^28 cycles (~0.1 s) after each call; on a machine with few cores that
-    time is stolen from whatever runs next (PyTorch's OpenMP threads, say: a PyTorch call
-    right after a NumPy one was measured 40x slower here). fastrnn calls BLAS in bursts, so
-    2^20 cycles (~0.3 ms) keeps the threads hot within a pass and idle soon after.
-    """
+    user set nothing: by default they spin for about 0.1 s after each call, time stolen
+    from whatever runs next on a machine with few cores."""
     if "numpy" not in _sys.modules:
-        _os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "20")
+        _os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", config.openblas_thread_timeout)
 
 
 _tune_openblas_before_numpy()
 
-from . import cells  # noqa: E402
-from .api import (ForwardResult, Gradients, ReadoutTape, Tape, backward, forward, readout,
-                  readout_backward)
-from .backends import BackendUnavailableError, available_backends, unavailable_reasons
-from .cells import CELLS, get_cell
-from .layers import GRU, LSTM, RNN, Layer
-from .stack import Stack, init_stack_params, stack_backward, stack_forward
+from .core import cells  # noqa: E402
+from .core.api import (ForwardResult, Gradients, ReadoutTape, Tape, backward,  # noqa: E402
+                       forward, readout, readout_backward)
+from .backends import (BackendUnavailableError, available_backends,  # noqa: E402
+                       unavailable_reasons)
+from .core.cells import CELLS, get_cell  # noqa: E402
+from .layers import (GRU, LSTM, RNN, Layer, Stack, init_stack_params,  # noqa: E402
+                     stack_backward, stack_forward)
 
 __version__ = "0.1.0"
 
 __all__ = ["forward", "backward", "readout", "readout_backward", "available_backends",
            "unavailable_reasons", "BackendUnavailableError", "ForwardResult", "Gradients",
            "Tape", "ReadoutTape", "LSTM", "GRU", "RNN", "Layer", "CELLS", "get_cell", "cells",
-           "Stack", "init_stack_params", "stack_forward", "stack_backward",
+           "Stack", "init_stack_params", "stack_forward", "stack_backward", "config",
            "convert", "__version__"]
 
 

@@ -1,4 +1,10 @@
-"""Backend registry: names -> backend classes, loaded lazily, with the reason a backend cannot run.
+"""The backends and their registry: names -> backend classes, loaded lazily, with the
+reason a backend cannot run.
+
+One folder per backend, each behind the small protocol of :mod:`.base`: ``numpy/`` (the
+reference), ``numba/`` (fused CPU kernels), ``cupy/`` (GPU). :mod:`.readout` is the array
+code they share. A new backend is a folder here with a :class:`Backend` subclass,
+registered below (or at run time with :func:`register_backend`).
 
 Importing this package imports neither numba nor cupy; a backend's module is imported the
 first time that backend is asked for (or when :func:`available_backends` probes it).
@@ -7,16 +13,14 @@ first time that backend is asked for (or when :func:`available_backends` probes 
 from __future__ import annotations
 
 import importlib
-import os
 
+from ..core import config
+from ..core.arrays import is_cupy_array
 from .base import Backend, BackwardOut, ForwardOut
 
 __all__ = ["Backend", "ForwardOut", "BackwardOut", "BackendUnavailableError", "register_backend", "unregister_backend",
            "get_backend", "available_backends", "unavailable_reasons", "backend_names",
            "auto_backend_name"]
-
-ENV_VAR = "FASTRNN_BACKEND"
-
 
 class BackendUnavailableError(RuntimeError):
     """A known backend cannot run on this machine; the message says why."""
@@ -24,9 +28,9 @@ class BackendUnavailableError(RuntimeError):
 
 # name -> "module:Class" (loaded on first use) or a Backend subclass
 _REGISTRY: dict[str, object] = {
-    "numpy": "fastrnn.backends.numpy_ref:NumpyBackend",
-    "numba": "fastrnn.backends.numba_backend:NumbaBackend",
-    "cupy": "fastrnn.backends.cupy_backend:CupyBackend",
+    "numpy": "fastrnn.backends.numpy:NumpyBackend",
+    "numba": "fastrnn.backends.numba:NumbaBackend",
+    "cupy": "fastrnn.backends.cupy:CupyBackend",
 }
 _instances: dict[str, Backend] = {}
 _reasons: dict[str, str] = {}
@@ -107,20 +111,16 @@ def available_backends() -> list[str]:
     return [name for name in _REGISTRY if name not in missing]
 
 
-def _is_cupy_array(array) -> bool:
-    return type(array).__module__.split(".")[0] == "cupy"
-
-
 def auto_backend_name(array) -> str:
     """The backend ``backend="auto"`` picks for an input array.
 
-    ``FASTRNN_BACKEND`` wins when set; else CuPy arrays go to cupy and everything else to
-    numba when it can run, else to numpy.
+    ``config.backend`` (``FASTRNN_BACKEND``) wins when set; else CuPy arrays go to cupy
+    and everything else to numba when it can run, else to numpy.
     """
-    chosen = os.environ.get(ENV_VAR)
+    chosen = config.backend
     if chosen and chosen != "auto":
         return chosen
-    if _is_cupy_array(array):
+    if is_cupy_array(array):
         return "cupy"
     try:
         get_backend("numba")

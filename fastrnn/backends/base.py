@@ -2,7 +2,7 @@
 
 A backend receives arrays that the API layer has already validated: time-major
 ``x (T, B, I)``, ``h0``/``c0`` ``(B, H)`` (``c0`` only for LSTM, else None), params of the
-shapes in :mod:`fastrnn.cells`, all contiguous, of one float dtype, on the backend's
+shapes in :mod:`fastrnn.core.cells`, all contiguous, of one float dtype, on the backend's
 device; ``lengths`` is None (every sequence runs all T steps) or an int64 ``(B,)`` array
 with values in 1..T of which at least one is below T. It returns arrays of the same kind
 and never validates user input itself.
@@ -13,7 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from ..cells import CellSpec
+from ..core.cells import CellSpec
+from .readout import readout_backward, readout_forward
 
 
 @dataclass
@@ -42,8 +43,8 @@ class BackwardOut:
 
 class Backend:
     """Base class. Subclasses set ``name`` and ``xp`` (their array module) and implement
-    :meth:`forward` and :meth:`backward`; the readout is shared array code in
-    :mod:`fastrnn.backends.numpy_ref` that a backend may override."""
+    :meth:`forward` and :meth:`backward`. The readout is the shared array code of
+    :mod:`fastrnn.backends.readout` run on ``xp``; a backend may override it."""
 
     name: str = "?"
     xp: Any = None
@@ -71,7 +72,9 @@ class Backend:
         raise NotImplementedError
 
     def readout(self, h2, Wy, by, activation: str):
-        raise NotImplementedError
+        """y (N, n_y) = activation(h2 @ Wy + by) for h2 (N, H)."""
+        return readout_forward(self.xp, h2, Wy, by, activation)
 
     def readout_backward(self, h2, Wy, y2, activation: str, dy2):
-        raise NotImplementedError
+        """(dh2, dWy, dby) for dy2 = dL/dy (N, n_y)."""
+        return readout_backward(self.xp, h2, Wy, y2, activation, dy2)

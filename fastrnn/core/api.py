@@ -12,17 +12,16 @@ import zlib
 
 import numpy as np
 
-from . import backends as _backends
+from .. import backends as _backends
+from ..backends.readout import READOUT_ACTIVATIONS
+from . import config
+from .arrays import is_cupy_array
 from .cells import get_cell
-from .backends.numpy_ref import READOUT_ACTIVATIONS
 from .validation import (as_array, check_float, check_lengths, check_params, check_same_dtype,
                          check_sequence_input, check_shape, describe)
 
 __all__ = ["forward", "backward", "readout", "readout_backward", "ForwardResult", "Gradients",
            "Tape", "ReadoutTape"]
-
-FULL_DIGEST_MAX = 1 << 16      # arrays up to this many elements are checksummed whole
-DIGEST_SAMPLES = 4096          # larger ones through this many evenly spaced elements
 
 
 class ForwardResult:
@@ -71,8 +70,9 @@ class Tape:
     and that backend's saved intermediates. A checksum of the inputs taken at forward
     time is checked again at backward time, so a tape whose arrays were changed in place
     in between (an optimiser step before backward, say) is refused instead of giving
-    silently wrong gradients. Arrays above 65536 elements are checksummed through 4096
-    evenly spaced elements, which catches any change that touches more than a sliver.
+    silently wrong gradients. Large arrays are checksummed through evenly spaced elements
+    (``config.tape_digest_full`` / ``tape_digest_samples``), which catches any change that
+    touches more than a sliver.
     """
 
     __slots__ = ("cell", "backend", "x", "params", "h0", "c0", "lengths", "reverse",
@@ -115,9 +115,9 @@ class Tape:
 
 
 def _digest(a) -> int:
-    if a.size > FULL_DIGEST_MAX:
-        a = a.reshape(-1)[:: a.size // DIGEST_SAMPLES]
-    if not isinstance(a, np.ndarray):               # device arrays: fetch the small sample
+    if a.size > config.tape_digest_full:
+        a = a.reshape(-1)[:: a.size // config.tape_digest_samples]
+    if is_cupy_array(a):                            # device arrays: fetch the small sample
         a = a.get()
     if not a.flags.c_contiguous:
         a = np.ascontiguousarray(a)
@@ -186,7 +186,7 @@ def forward(cell, x, params, h0=None, c0=None, *, lengths=None, reverse=False,
         cell: ``"rnn_tanh"`` (alias ``"rnn"``), ``"rnn_relu"``, ``"lstm"``, ``"gru"`` or
             ``"gru_reset_before"``.
         x: (T, B, I) input; (B, T, I) with ``batch_first``; (T, I) unbatched. float32 or float64.
-        params: mapping name -> array, shapes as in :mod:`fastrnn.cells`, dtype of x.
+        params: mapping name -> array, shapes as in :mod:`fastrnn.core.cells`, dtype of x.
         h0, c0: initial states (B, H) ((H,) unbatched); zeros when None. c0 only for lstm.
         lengths: (B,) integers in 1..T; sequence b is valid for t < lengths[b].
         reverse: run each sequence from its last valid step back to its first.
@@ -197,7 +197,7 @@ def forward(cell, x, params, h0=None, c0=None, *, lengths=None, reverse=False,
             them was changed in place. ``fastrnn.torch`` passes False: torch's version
             counters refuse the in-place changes that autograd tracks, as for
             ``torch.nn`` (changes through ``.data`` or a NumPy alias go unseen there, as
-            they do for ``torch.nn``), and the checksums cost about 0.1 ms a call.
+            they do for ``torch.nn``), and the checksums cost time on every call.
 
     Returns:
         :class:`ForwardResult` with ``h``, ``h_n``, ``c_n`` and ``tape``.

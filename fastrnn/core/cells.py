@@ -82,7 +82,7 @@ class CellSpec:
         """Matmul FLOPs of a forward pass: input projection plus recurrent product.
 
         Pointwise work (a few dozen FLOPs per (t, b, h)) is left out, as is usual
-        for GFLOP/s figures of RNNs; it is < 3% of the total from H = 64 on.
+        for GFLOP/s figures of RNNs; it is a few percent of the total from H = 64 on.
         """
         return 2 * T * B * (I + H) * self.num_gates * H
 

@@ -1,15 +1,19 @@
 """The one place that states how close two computations of the same function must agree.
 
 Errors are relative norms, ``||a - b|| / ||b||`` of whole arrays, taken in float64 (see
-:func:`rel_err`). ``fastrnn check``, ``fastrnn bench`` and the test suite all read these
-numbers from here.
+:func:`rel_err`), unless a name below says otherwise. ``fastrnn check``, ``fastrnn bench``
+and the test suite all read these numbers from here; no test states its own.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["TOLERANCES", "TORCH_TOLERANCES", "rel_err", "tolerance"]
+from .arrays import to_numpy
+
+__all__ = ["TOLERANCES", "TORCH_TOLERANCES", "SAME_ARITHMETIC", "PRIMITIVE_TOLERANCES",
+           "FLOAT32_SIGMOID_ULPS", "FLOAT32_TANH_ULPS", "FD_EPS", "FD_TOLERANCE",
+           "FLOAT32_CONDITIONING_FACTOR", "GRADCHECK", "rel_err", "tolerance"]
 
 # dtype -> (forward outputs and states, gradients): every backend against the reference.
 TOLERANCES = {
@@ -26,13 +30,33 @@ TORCH_TOLERANCES = {
 }
 
 
+# Two routes to the same arithmetic in float64 (fastrnn.torch against the API it wraps, a
+# drop-in against its twin where both run the same equations): elementwise, rtol and atol.
+SAME_ARITHMETIC = {"rtol": 1e-12, "atol": 1e-12}
+
+# The numba backend's building blocks on their own: packed GEMMs and column sums against
+# a float64 product (relative norm), and float32 sigmoid / tanh against float64 (ulps).
+PRIMITIVE_TOLERANCES = {"float32": 1e-5, "float64": 1e-12}
+FLOAT32_SIGMOID_ULPS = 4
+FLOAT32_TANH_ULPS = 1
+
+# Central finite differences of the float64 reference: step, and the relative error that
+# truncation O(eps^2) and rounding O(1e-16/eps) leave.
+FD_EPS = 1e-6
+FD_TOLERANCE = 1e-6
+
+# How many times the float32 reference's own error (against float64 on the same inputs)
+# a float32 backend may add on top of the tolerance. Matters only for ill-conditioned
+# problems (saturated gates), where no float32 code can meet a fixed relative bound.
+FLOAT32_CONDITIONING_FACTOR = 4.0
+
+# torch.autograd.gradcheck of fastrnn.torch in float64.
+GRADCHECK = {"eps": 1e-6, "atol": 1e-7, "rtol": 1e-5}
+
+
 def to_numpy64(a) -> np.ndarray:
     """A NumPy float64 copy of a NumPy, CuPy or PyTorch array."""
-    if hasattr(a, "detach"):                       # torch.Tensor
-        a = a.detach().cpu().numpy()
-    elif hasattr(a, "get") and not isinstance(a, np.ndarray):   # cupy.ndarray
-        a = a.get()
-    return np.asarray(a, dtype=np.float64)
+    return np.asarray(to_numpy(a), dtype=np.float64)
 
 
 def rel_err(a, b) -> float:

@@ -12,6 +12,7 @@ from typing import Mapping
 
 import numpy as np
 
+from .arrays import is_cupy_array, is_foreign_array
 from .cells import CellSpec
 
 
@@ -28,7 +29,7 @@ def as_array(xp, name: str, a):
     """``a`` as an array of module ``xp``; lists become arrays, foreign array types are refused."""
     if isinstance(a, xp.ndarray):
         return a
-    if hasattr(a, "__cuda_array_interface__") or type(a).__module__.split(".")[0] in ("cupy", "torch"):
+    if is_foreign_array(a):
         raise TypeError(f"{name}: expected a {xp.__name__}.ndarray for this backend, got "
                         f"{describe(a)}")
     try:
@@ -107,7 +108,7 @@ def check_lengths(lengths, T: int, B: int):
     """None (all sequences full length) or an int64 NumPy array (B,) with values in 1..T."""
     if lengths is None:
         return None
-    if hasattr(lengths, "get") and type(lengths).__module__.split(".")[0] == "cupy":
+    if is_cupy_array(lengths):
         lengths = lengths.get()
     arr = np.asarray(lengths)
     if arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):

@@ -1,6 +1,6 @@
 """Weight conversions between fastrnn and the layouts other code uses.
 
-fastrnn's layout (see :mod:`fastrnn.cells`): ``W (I, G*H)``, ``U (H, G*H)``, ``b (G*H,)`` and,
+fastrnn's layout (see :mod:`fastrnn.core.cells`): ``W (I, G*H)``, ``U (H, G*H)``, ``b (G*H,)`` and,
 for ``gru``, ``bn (H,)``; the gates side by side in the order ``CellSpec.gates``.
 
 Every ``from_*`` function returns a :class:`CellWeights` ``(cell, params)``, ready for
@@ -26,7 +26,7 @@ recurrent_kernel (H, G*H), bias]`` (no bias with ``use_bias=False``). LSTM gates
   ``b = bias[0] + [bias[1]_r, bias[1]_z, 0]``, ``bn = bias[1]_h``; back: ``bias[1] = [0, 0, bn]``.
 * ``GRU(reset_after=False)`` <-> ``gru_reset_before``: bias ``(3H,)``.
 
-**Course notebooks** (the two in ``user-code/`` beside DESIGN.md):
+**Course notebooks** (the RNN/LSTM course notebook and the NumPy GRU notebook):
 
 * RNN: ``Wax (n_a, n_x)``, ``Waa (n_a, n_a)``, ``ba (n_a, 1)``, acting on column vectors:
   ``a' = tanh(Waa a + Wax x + ba)``.
@@ -49,12 +49,14 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .cells import CellSpec, get_cell
-from .validation import check_params, describe
+from ..core.arrays import is_cupy_array, is_torch_tensor
+from ..core.cells import CellSpec, get_cell
+from ..core.validation import check_params, describe
+from .biases import fold_biases, split_biases
 
 __all__ = ["CellWeights", "from_torch", "to_torch", "from_keras", "to_keras", "from_notebook",
            "to_notebook", "readout_from_notebook", "readout_to_notebook", "TORCH_GATES",
-           "KERAS_GATES"]
+           "KERAS_GATES", "TORCH_MODES"]
 
 DTYPES = ("float16", "float32", "float64")
 
@@ -84,14 +86,14 @@ class CellWeights(NamedTuple):
 
 def _to_numpy(name: str, a) -> np.ndarray:
     """A float NumPy copy of ``a`` (NumPy array, torch tensor, list)."""
-    if hasattr(a, "detach"):                               # torch tensor, without importing torch
+    if is_torch_tensor(a):
         a = a.detach().cpu()
         if not a.dtype.is_floating_point:
             raise TypeError(f"{name}: expected a floating tensor, got dtype {a.dtype}")
         if str(a.dtype) == "torch.bfloat16":
             raise TypeError(f"{name}: bfloat16 has no NumPy dtype; call .float() first")
         a = a.numpy()
-    elif hasattr(a, "get") and type(a).__module__.split(".")[0] == "cupy":
+    elif is_cupy_array(a):
         a = a.get()
     try:
         out = np.array(a, copy=True, order="C")
@@ -121,26 +123,6 @@ def _permute_gates(a: np.ndarray, src: tuple, dst: tuple, axis: int = -1) -> np.
         return a
     blocks = dict(zip(src, np.split(a, len(src), axis=axis)))
     return np.concatenate([blocks[g] for g in dst], axis=axis)
-
-
-def _fold_biases(spec: CellSpec, b_in: np.ndarray, b_rec: np.ndarray, H: int) -> dict:
-    """fastrnn's b (and bn) from an input-side and a recurrent-side bias, both (G*H,) in
-    fastrnn gate order. rnn, lstm: b = b_in + b_rec. gru: the n part of b_rec sits inside
-    ``r * (h U_n + bn)`` and stays apart as bn; its r and z parts add into b."""
-    if not spec.has_recurrent_bias:
-        return {"b": b_in + b_rec}
-    n = spec.gate_slice("n", H)
-    rz = b_rec.copy()
-    rz[n] = 0
-    return {"b": b_in + rz, "bn": b_rec[n].copy()}
-
-
-def _split_biases(spec: CellSpec, p: dict, H: int) -> tuple[np.ndarray, np.ndarray]:
-    """The inverse this module writes: (b_in, b_rec) = (b, 0), or (b, [0, 0, bn]) for gru."""
-    b_rec = np.zeros_like(p["b"])
-    if spec.has_recurrent_bias:
-        b_rec[spec.gate_slice("n", H)] = p["bn"]
-    return p["b"], b_rec
 
 
 def _check_cell_params(cell, params) -> tuple[CellSpec, dict, int, int]:
@@ -176,7 +158,8 @@ def _check_orientation(orientation) -> str:
 
 # ----------------------------------------------------------------------------- PyTorch
 
-_TORCH_MODES = {"RNN_TANH": "rnn_tanh", "RNN_RELU": "rnn_relu", "LSTM": "lstm", "GRU": "gru"}
+#: ``torch.nn.RNNBase.mode`` -> fastrnn cell name.
+TORCH_MODES = {"RNN_TANH": "rnn_tanh", "RNN_RELU": "rnn_relu", "LSTM": "lstm", "GRU": "gru"}
 _TORCH_MODULES = {"rnn_tanh": "RNN", "rnn_relu": "RNN", "lstm": "LSTM", "gru": "GRU"}
 
 
@@ -189,12 +172,12 @@ def _torch_module_cell(module) -> tuple[str, bool]:
     import torch
     nn = torch.nn
     if isinstance(module, nn.RNNBase):
-        if module.mode not in _TORCH_MODES:
+        if module.mode not in TORCH_MODES:
             raise TypeError(f"module: unsupported recurrent mode {module.mode!r}")
         if getattr(module, "proj_size", 0):
             raise ValueError(f"module: LSTM with proj_size={module.proj_size} has no fastrnn "
                              f"counterpart (fastrnn's LSTM has no projection)")
-        return _TORCH_MODES[module.mode], False
+        return TORCH_MODES[module.mode], False
     if isinstance(module, nn.LSTMCell):
         return "lstm", True
     if isinstance(module, nn.GRUCell):
@@ -293,15 +276,15 @@ def from_torch(source, cell=None, *, layer: int = 0, reverse: bool = False,
     order = _torch_gates(spec)
     params = {"W": _permute_gates(w_ih.T, order, spec.gates),
               "U": _permute_gates(w_hh.T, order, spec.gates),
-              **_fold_biases(spec, _permute_gates(b_ih, order, spec.gates),
-                             _permute_gates(b_hh, order, spec.gates), H)}
+              **fold_biases(spec, _permute_gates(b_ih, order, spec.gates),
+                            _permute_gates(b_hh, order, spec.gates), H, w_ih.dtype)}
     return CellWeights(spec.name, {k: np.ascontiguousarray(v) for k, v in params.items()})
 
 
 def _torch_arrays(spec: CellSpec, p: dict, H: int) -> dict:
     """fastrnn params -> (weight_ih, weight_hh, bias_ih, bias_hh) as NumPy, the documented split."""
     order = _torch_gates(spec)
-    b_ih, b_hh = _split_biases(spec, p, H)
+    b_ih, b_hh = split_biases(spec, p["b"], p.get("bn"))
     return {"weight_ih": _permute_gates(p["W"], spec.gates, order).T,
             "weight_hh": _permute_gates(p["U"], spec.gates, order).T,
             "bias_ih": _permute_gates(b_ih, spec.gates, order),
@@ -447,8 +430,8 @@ def from_keras(source, cell=None) -> CellWeights:
     params = {"W": _permute_gates(kernel, order, spec.gates),
               "U": _permute_gates(rec, order, spec.gates)}
     if spec.has_recurrent_bias:                 # rows: input bias, recurrent bias
-        params.update(_fold_biases(spec, _permute_gates(bias[0], order, spec.gates),
-                                   _permute_gates(bias[1], order, spec.gates), H))
+        params.update(fold_biases(spec, _permute_gates(bias[0], order, spec.gates),
+                                  _permute_gates(bias[1], order, spec.gates), H, kernel.dtype))
     else:
         params["b"] = _permute_gates(bias, order, spec.gates)
     return CellWeights(spec.name, {k: np.ascontiguousarray(v) for k, v in params.items()})
@@ -471,7 +454,7 @@ def to_keras(cell, params, layer=None):
     order = _keras_gates(spec)
     bias = _permute_gates(p["b"], spec.gates, order)
     if spec.has_recurrent_bias:
-        b_rec = _split_biases(spec, p, H)[1]
+        b_rec = split_biases(spec, p["b"], p["bn"])[1]
         bias = np.stack([bias, _permute_gates(b_rec, spec.gates, order)])
     weights = [np.ascontiguousarray(_permute_gates(p["W"], spec.gates, order)),
                np.ascontiguousarray(_permute_gates(p["U"], spec.gates, order)),

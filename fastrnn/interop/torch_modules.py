@@ -40,15 +40,13 @@ from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 from torch.nn.utils.rnn import PackedSequence
 
-from . import api as _api
-from . import backends as _backends
-from .cells import get_cell
+from .. import backends as _backends
+from ..core import api as _api
+from ..core.cells import get_cell
+from .biases import fold_biases, fold_gradients
+from .convert import TORCH_MODES
 
 __all__ = ["LSTM", "GRU", "RNN", "RNNBase"]
-
-# torch mode -> (fastrnn cell, gates)
-_MODES = {"LSTM": ("lstm", 4), "GRU": ("gru", 3), "RNN_TANH": ("rnn_tanh", 1),
-          "RNN_RELU": ("rnn_relu", 1)}
 
 
 # ------------------------------------------------------------------- tensor <-> array
@@ -182,23 +180,11 @@ class _Run:
 
 def _fastrnn_params(spec, br, w_ih, w_hh, b_ih, b_hh):
     """torch weights -> fastrnn params; W and U are transposed views (the API makes them
-    contiguous), only the bias sum is new memory."""
-    xp = br.xp
+    contiguous), only the folded biases are new memory."""
     W, U = br.array(w_ih).T, br.array(w_hh).T
-    gh, H = W.shape[1], U.shape[0]
-    bih = None if b_ih is None else br.array(b_ih)
-    bhh = None if b_hh is None else br.array(b_hh)
-    if spec.has_recurrent_bias:                      # gru: hidden bias of n stays inside r*(.)
-        b = xp.zeros(gh, dtype=W.dtype) if bih is None else bih.copy()
-        if bhh is not None:
-            b[:2 * H] += bhh[:2 * H]
-        bn = xp.zeros(H, dtype=W.dtype) if bhh is None else bhh[2 * H:]
-        return {"W": W, "U": U, "b": b, "bn": bn}
-    if bih is None:
-        b = xp.zeros(gh, dtype=W.dtype)
-    else:
-        b = bih + bhh
-    return {"W": W, "U": U, "b": b}
+    biases = fold_biases(spec, None if b_ih is None else br.array(b_ih),
+                         None if b_hh is None else br.array(b_hh), U.shape[0], W.dtype, br.xp)
+    return {"W": W, "U": U, **biases}
 
 
 def _graph_kept() -> bool:
@@ -264,15 +250,9 @@ class _LayerFunction(torch.autograd.Function):
             dc0 = br.tensor(g.dc0) if need[3] else None
             dw_ih = br.tensor(xp.ascontiguousarray(g.params["W"].T)) if need[4] else None
             dw_hh = br.tensor(xp.ascontiguousarray(g.params["U"].T)) if need[5] else None
-            db = g.params["b"]
-            db_ih = br.tensor(db) if need[6] else None
-            db_hh = None
-            if need[7]:
-                if spec.has_recurrent_bias:
-                    H = g.params["bn"].shape[0]
-                    db_hh = br.tensor(xp.concatenate([db[:2 * H], g.params["bn"]]))
-                else:                               # its own memory: .grad must not alias
-                    db_hh = br.tensor(db.copy())
+            db_ih, db_hh = fold_gradients(spec, g.params["b"], g.params.get("bn"), xp)
+            db_ih = br.tensor(db_ih) if need[6] else None
+            db_hh = br.tensor(db_hh) if need[7] else None
         return None, dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh
 
 
@@ -303,8 +283,8 @@ class RNNBase(nn.Module):
                  batch_first=False, dropout=0.0, bidirectional=False, device=None, dtype=None,
                  *, backend="auto"):
         super().__init__()
-        if mode not in _MODES:
-            raise ValueError(f"mode: expected one of {', '.join(_MODES)}, got {mode!r}")
+        if mode not in TORCH_MODES:
+            raise ValueError(f"mode: expected one of {', '.join(TORCH_MODES)}, got {mode!r}")
         for name, v in (("input_size", input_size), ("hidden_size", hidden_size),
                         ("num_layers", num_layers)):
             if isinstance(v, bool) or not isinstance(v, numbers.Integral):
@@ -334,8 +314,8 @@ class RNNBase(nn.Module):
         self.bidirectional = bidirectional
         self.proj_size = 0
         self.backend = backend
-        self._cell = get_cell(_MODES[mode][0])
-        gh = _MODES[mode][1] * hidden_size
+        self._cell = get_cell(TORCH_MODES[mode])
+        gh = self._cell.num_gates * hidden_size
         D = 2 if bidirectional else 1
         factory = {"device": device, "dtype": dtype}
         self._all_weights = []

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .api import ForwardResult, Gradients, backward, forward
-from .cells import get_cell
+from ..core.api import ForwardResult, Gradients, backward, forward
+from ..core.cells import get_cell
 
 __all__ = ["Layer", "LSTM", "GRU", "RNN"]
 
@@ -12,7 +12,7 @@ class Layer:
     """One recurrent layer: a cell, its parameters and a backend choice.
 
     Args:
-        cell: cell name (see :mod:`fastrnn.cells`).
+        cell: cell name (see :mod:`fastrnn.core.cells`).
         input_size: I. hidden_size: H.
         backend: ``"auto"`` or a backend name, used by every call.
         dtype: ``"float32"`` or ``"float64"``.

@@ -31,9 +31,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from . import api as _api
-from .cells import get_cell
-from .validation import (as_array, check_lengths, check_params, check_same_dtype,
+from ..core import api as _api
+from ..core.cells import get_cell
+from ..core.validation import (as_array, check_lengths, check_params, check_same_dtype,
                          check_sequence_input, check_shape, describe)
 
 __all__ = ["stack_forward", "stack_backward", "init_stack_params", "dropout_mask", "Stack",
@@ -399,7 +399,7 @@ class Stack:
     """A stack of recurrent layers that holds its parameters and its dropout generator.
 
     Args:
-        cell: cell name (see :mod:`fastrnn.cells`).
+        cell: cell name (see :mod:`fastrnn.core.cells`).
         input_size: I. hidden_size: H. num_layers: L.
         bidirectional: two directions per layer (outputs D*H wide).
         dropout: probability for the outputs of every layer but the last, in training.

@@ -18,8 +18,8 @@ back, the order of runners rotated from round to round so drifting load hits all
 work synchronised before the clock is read, the garbage collector paused. The settling call
 and the blocks matter on a small machine: OpenBLAS (numpy, fastrnn) and OpenMP (PyTorch)
 keep their worker threads spinning for a while after each call, and a call made while the
-other library's threads still spin was measured here 2-40x slower than the same call in a
-block of its own. ``fastrnn`` also shortens OpenBLAS's spinning (see fastrnn/__init__.py).
+other library's threads still spin is far slower than the same call in a block of its own
+(``bench/README.md`` has the figures).
 Rounds stop after ``repeat`` or, once ``min_rounds`` have run, when the problem has used
 ``budget_s`` seconds. Medians, quartiles and extremes are kept; speedups are ratios of
 medians, pair by pair.
@@ -35,10 +35,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import api
-from . import backends as _backends
-from .cells import CellSpec, get_cell
-from .tolerances import TOLERANCES, TORCH_TOLERANCES, rel_err, to_numpy64
+from ..core import api
+from .. import backends as _backends
+from ..core.cells import CellSpec, get_cell
+from ..core.tolerances import TOLERANCES, TORCH_TOLERANCES, rel_err, to_numpy64
+from .problems import random_problem
 
 __all__ = ["SIZES", "Size", "parse_size", "MODES", "DTYPES", "PEERS", "BASELINES",
            "DEFAULT_CELLS", "DEFAULT_SIZES", "BenchConfig", "Problem", "make_problem",
@@ -149,11 +150,8 @@ def make_problem(cell, size: Size, mode: str, dtype: str, seed: int = 0) -> Prob
     spec = get_cell(cell)
     T, B, I, H = size.dims
     tag = zlib.crc32(f"{spec.name}/{size.name}/{dtype}".encode())
-    rng = np.random.default_rng([seed, tag])
-    params = spec.init_params(I, H, dtype, seed=int(rng.integers(2**31)))
-    x = rng.standard_normal((T, B, I)).astype(dtype)
-    dh = rng.standard_normal((T, B, H)).astype(dtype)
-    return Problem(spec, size, mode, dtype, x, params, dh)
+    p = random_problem(np.random.default_rng([seed, tag]), spec, T, B, I, H, dtype)
+    return Problem(spec, size, mode, dtype, p.x, p.params, p.dh)
 
 
 def problems(config: BenchConfig):
@@ -236,7 +234,7 @@ def torch_module(cell: CellSpec, params: dict, device: str = "cpu"):
     ``gru_reset_before`` has no twin: NotApplicable.
     """
     import torch
-    from .convert import to_torch
+    from ..interop.convert import to_torch
     if cell.name == "gru_reset_before":
         raise NotApplicable("PyTorch has no reset-before GRU (nn.GRU is the reset-after form)")
     I, GH = params["W"].shape
@@ -437,8 +435,7 @@ def measure_peaks(dtypes, devices, n_cpu: int = 1600) -> dict[tuple[str, str], f
     """GEMM peak in GFLOP/s per (device, dtype): NumPy's BLAS for "cpu", cuBLAS for "gpu".
 
     The CPU size is not a power of two: rows 2048 floats apart map to the same L1 sets,
-    which cost the packed GEMM a third of its rate on the dev machine (n = 2048 gave
-    205-363 GFLOP/s from one minute to the next, n = 1600 about 400).
+    which costs the packed GEMM much of its rate.
     """
     from .sysinfo import gemm_peak
     peaks = {}

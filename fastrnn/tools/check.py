@@ -5,7 +5,7 @@ problem — inputs, weights, initial states, upstream gradients ``dh``, ``dh_n``
 for LSTM) — is run through the reference and through each backend. Compared: the forward
 outputs with a tape (``h``, ``h_n``, ``c_n``), ``h`` of an inference run
 (``training=False``), and every gradient (``dx``, ``dh0``, ``dc0``, one per parameter). Errors
-are relative norms against the reference, tolerances from :mod:`fastrnn.tolerances`.
+are relative norms against the reference, tolerances from :mod:`fastrnn.core.tolerances`.
 """
 
 from __future__ import annotations
@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import api
-from .backends import get_backend
-from .cells import cell_names, get_cell
-from .tolerances import TOLERANCES, rel_err, to_numpy64
+from ..core import api
+from ..backends import get_backend
+from ..core.cells import cell_names
+from ..core.tolerances import TOLERANCES, rel_err, to_numpy64
+from .problems import random_problem
 
 __all__ = ["VARIANTS", "QUICK_DIMS", "FULL_DIMS", "CaseResult", "Summary", "run_check",
            "summarize", "cases"]
@@ -65,22 +66,10 @@ class CaseResult:
 
 
 def _make_case(rng, cell: str, dims, dtype: str, variant: str) -> Case:
-    spec = get_cell(cell)
-    T, B, I, H = dims
-    def r(*shape, scale=1.0):
-        return (rng.standard_normal(shape) * scale).astype(dtype)
-    params = {k: (rng.uniform(-1, 1, s) / np.sqrt(H)).astype(dtype)
-              for k, s in spec.param_shapes(I, H).items()}
-    lengths = None
-    if "lengths" in variant:
-        lengths = rng.integers(1, T + 1, size=B)
-        lengths[0] = T
-        lengths[-1] = max(1, T // 2)          # at least one padded sequence
-    inputs = dict(x=r(T, B, I), params=params, h0=r(B, H, scale=0.5),
-                  c0=r(B, H, scale=0.5) if spec.has_cell_state else None,
-                  lengths=lengths, reverse="reverse" in variant,
-                  dh=r(T, B, H), dh_n=r(B, H), dc_n=r(B, H) if spec.has_cell_state else None)
-    return Case(spec.name, dtype, tuple(dims), variant, inputs)
+    p = random_problem(rng, cell, *dims, dtype, lengths="lengths" in variant, states=True)
+    inputs = dict(x=p.x, params=p.params, h0=p.h0, c0=p.c0, lengths=p.lengths,
+                  reverse="reverse" in variant, dh=p.dh, dh_n=p.dh_n, dc_n=p.dc_n)
+    return Case(p.cell.name, dtype, tuple(dims), variant, inputs)
 
 
 def cases(cells, dtypes, quick: bool, seed: int):

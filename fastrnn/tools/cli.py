@@ -13,7 +13,7 @@ import secrets
 import sys
 import time
 
-from . import __version__
+from .. import __version__
 
 __all__ = ["main", "build_parser", "bench_config"]
 
@@ -69,18 +69,18 @@ def _choice(choices_fn, what: str):
 
 
 def _cell(s: str) -> str:
-    from .cells import get_cell
+    from ..core.cells import get_cell
     return get_cell(s).name          # ValueError lists the valid names
 
 
 def _runner_names() -> list[str]:
-    from .backends import backend_names
+    from ..backends import backend_names
     from .benchmark import PEERS
     return backend_names() + list(PEERS)
 
 
 def _backend_names() -> list[str]:
-    from .backends import backend_names
+    from ..backends import backend_names
     return backend_names()
 
 
@@ -207,7 +207,7 @@ def _header(out, machine: dict, runners: list[str], status: dict) -> None:
 
 
 def bench_config(args, parser):
-    """The :class:`~fastrnn.benchmark.BenchConfig` of parsed ``bench`` arguments, and the
+    """The :class:`~fastrnn.tools.benchmark.BenchConfig` of parsed ``bench`` arguments, and the
     status of every runner; exits 2 (through ``parser.error``) on what parsing cannot see."""
     from . import benchmark as bm
     from . import report
@@ -309,10 +309,10 @@ def _print_bench(out, records, runners, duration) -> None:
 
 def cmd_check(args, parser) -> int:
     from . import report
-    from .backends import available_backends, unavailable_reasons
-    from .cells import cell_names
+    from ..backends import available_backends, unavailable_reasons
+    from ..core.cells import cell_names
     from .check import count_steps, run_check, summarize
-    from .tolerances import TOLERANCES
+    from ..core.tolerances import TOLERANCES
 
     reasons = unavailable_reasons()
     if args.backends is None:

@@ -91,7 +91,7 @@ def library_versions() -> dict[str, str | None]:
         if name == "cupy":
             out[name] = _cupy_version()
         elif name == "fastrnn":
-            from . import __version__
+            from .. import __version__
             out[name] = __version__
         else:
             out[name] = _version(name)
@@ -218,7 +218,7 @@ def gemm_peak(dtype="float32", device: str = "cpu", n: int = 1600, max_s: float 
     candidates = [lambda: matmul(a, b, out=c)]
     if device == "cpu":
         try:
-            from .backends.numba_gemm import matmul as packed_matmul
+            from ..backends.numba.gemm import matmul as packed_matmul
             candidates.append(lambda: packed_matmul(a, b))
         except ImportError:
             pass

@@ -1,17 +1,17 @@
-"""The Numba backend: the whole time loop in fused, compiled kernels (fast CPU path).
+"""The numba backend: the whole time loop in fused, compiled kernels (the fast CPU path).
 
-Plan of a forward pass (see DESIGN.md, "How speed is reached"):
-1. W and U packed into panels once.
+Plan of a forward pass:
+1. W and U packed into panels once (:func:`.gemm.pack_panels`).
 2. One kernel call runs every step: ``x_t @ W`` and ``h @ U`` through the packed GEMM of
-   :mod:`.numba_gemm`, then one pass that adds them and the bias, applies the gates,
-   updates the state, masks by ``lengths`` and writes the tape. The batch is split into
-   chunks that run the whole loop on their own threads.
+   :mod:`.gemm`, then one pass that adds them and the bias, applies the gates, updates
+   the state, masks by ``lengths`` and writes the tape. The batch is split into chunks
+   that run the whole loop on their own threads.
+
 Backward mirrors it: only ``dgates @ U^T`` runs per step; ``dW``, ``dU``, ``db`` and ``dx``
 are each one GEMM (or sum) over all T*B rows after the loop. The LSTM and GRU kernels
-write their gate gradients straight into the panel layout of :func:`.numba_gemm.pack_panels`,
-so those GEMMs read them as the packed operand without another copy. Every GEMM runs on
-the micro-kernel of :mod:`.numba_gemm`, threaded over rows. Tape buffers and backward
-temporaries come from the :mod:`.workspace` pool.
+write their gate gradients straight into the panel layout of :func:`.gemm.pack_panels`,
+so those GEMMs read them as the packed operand without another copy. Tape buffers and
+backward temporaries come from the :mod:`.workspace` pool.
 
 What the tape holds per (t, b), beyond x and the params (H floats each unless stated):
 rnn h_prev and h (shared: one (T+1, B, H) buffer without lengths); lstm gates i, f, g, o
@@ -21,7 +21,7 @@ outputs and a few (B, G*H) work buffers per call, nothing per step.
 
 Threads: everything runs on Numba's thread pool (``NUMBA_NUM_THREADS``, or
 ``numba.set_num_threads`` at run time): the time loop over batch chunks of at least
-:data:`ROWS_PER_THREAD` rows, the GEMMs over row tiles. BLAS is not called.
+``config.rows_per_thread`` rows, the GEMMs over row tiles. BLAS is not called.
 """
 
 from __future__ import annotations
@@ -29,25 +29,24 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from . import numba_kernels as K
+from ...core import config
+from ..base import Backend, BackwardOut, ForwardOut
+from . import kernels
 from . import workspace
-from .base import BackwardOut, ForwardOut
-from .numba_gemm import (MR, NR, matmul, matmul_packed, pack_panels, padded, panel_column_sums,
-                         panel_matmul)
-from .numpy_ref import NumpyBackend
-
-# A thread gets at least this many batch rows. `python bench/threads.py` on the dev machine:
-# splitting B = 8 into two chunks of 4 made a training step 1.1-1.4x faster (LSTM and GRU,
-# H = 32..256), B = 16 and 32 1.1-1.6x.
-ROWS_PER_THREAD = 4
+from .gemm import (MR, NR, matmul, matmul_packed, pack_panels, padded, panel_column_sums,
+                   panel_matmul)
 
 
 def chunk_size(B: int) -> int:
-    """Rows per thread chunk (a multiple of MR) for a batch of B sequences."""
+    """Rows per thread chunk (a multiple of MR) for a batch of B sequences: at least
+    ``config.rows_per_thread`` rows per thread (``bench/threads.py`` measures why)."""
     Bp = padded(B, MR)
-    if Bp < 2 * ROWS_PER_THREAD:
+    if config.chunk_rows is not None:
+        return padded(min(config.chunk_rows, Bp), MR)
+    per_thread = config.rows_per_thread
+    if Bp < 2 * per_thread:
         return Bp
-    threads = max(1, min(numba.get_num_threads(), Bp // ROWS_PER_THREAD))
+    threads = max(1, min(numba.get_num_threads(), Bp // per_thread))
     return padded(-(-Bp // threads), MR)
 
 
@@ -90,8 +89,7 @@ def _weight_grad(X, Gp, n):
 
     Packing the wide gradient once and reading the inputs through a transposed view
     leaves no padded columns for narrow inputs (I = 32 would waste half of each 64-wide
-    panel) and no transposed copy of the result: measured at R = 2048, m = 32 and 128,
-    n = 512 (float32, 2 threads) 0.20 and 0.76 ms against 0.45 and 0.90 for _t_matmul.
+    panel) and no transposed copy of the result.
     """
     return np.ascontiguousarray(matmul_packed(X.T, Gp, n))
 
@@ -101,10 +99,11 @@ def _gemm_out(Bp, n, dtype):
     return np.zeros((Bp, padded(n, NR[np.dtype(dtype).itemsize])), dtype=dtype)
 
 
-class NumbaBackend(NumpyBackend):
-    """Fused CPU kernels compiled by Numba; readout is inherited from the reference."""
+class NumbaBackend(Backend):
+    """Fused CPU kernels compiled by Numba."""
 
     name = "numba"
+    xp = np
 
     @classmethod
     def unavailable_reason(cls):
@@ -142,25 +141,25 @@ class NumbaBackend(NumpyBackend):
         U, b = params["U"], _writable(params["b"])
         if cell.name == "lstm":
             gates, cprev, tanhc = tape(T, B, 4 * H), tape(T, B, H), tape(T, B, H)
-            K.lstm_forward(x, Wp, pack_panels(U), b, h, c, lens, reverse, out, hprev, gates,
+            kernels.lstm_forward(x, Wp, pack_panels(U), b, h, c, lens, reverse, out, hprev, gates,
                            cprev, tanhc, training, xs, ax, _gemm_out(Bp, 4 * H, dt),
                            np.empty((Bp, 4 * H), dt), np.empty((Bp, H), dt), chunk)
             saved.update(gates=gates, cprev=cprev, tanhc=tanhc)
         elif cell.name == "gru":
             gates = tape(T, B, 4 * H)
-            K.gru_forward(x, Wp, pack_panels(U), b, _writable(params["bn"]), h, lens, reverse,
+            kernels.gru_forward(x, Wp, pack_panels(U), b, _writable(params["bn"]), h, lens, reverse,
                           out, hprev, gates, training, xs, ax, _gemm_out(Bp, 3 * H, dt),
                           np.empty((Bp, 4 * H), dt), chunk)
             saved.update(gates=gates)
         elif cell.name == "gru_reset_before":
             gates = tape(T, B, 3 * H)
-            K.gru_rb_forward(x, Wp, pack_panels(U[:, :2 * H]), pack_panels(U[:, 2 * H:]), b,
+            kernels.grurb_forward(x, Wp, pack_panels(U[:, :2 * H]), pack_panels(U[:, 2 * H:]), b,
                              h, lens, reverse, out, hprev, gates, training, xs, ax,
                              _gemm_out(Bp, 2 * H, dt), np.zeros((Bp, H), dt),
                              _gemm_out(Bp, H, dt), np.empty((Bp, 3 * H), dt), chunk)
             saved.update(gates=gates)
         else:
-            K.rnn_forward(x, Wp, pack_panels(U), b, cell.nonlinearity == "relu", h, lens,
+            kernels.rnn_forward(x, Wp, pack_panels(U), b, cell.nonlinearity == "relu", h, lens,
                           reverse, out, hprev, training, xs, ax, _gemm_out(Bp, H, dt), chunk)
         lease.give_when_freed(saved)
         # The caller gets its own view of out, so flags it sets do not reach the tape's.
@@ -195,20 +194,20 @@ class NumbaBackend(NumpyBackend):
             if dc_n is not None:
                 dc_carry[:B] = dc_n
             dGp = _panels(lease, T * B, 4 * H, dt, masked)
-            K.lstm_backward(saved["gates"], saved["cprev"], saved["tanhc"], pack_panels(UT),
+            kernels.lstm_backward(saved["gates"], saved["cprev"], saved["tanhc"], pack_panels(UT),
                             lens, reverse, dh_arr, has_dh, dh_carry, dc_carry, dGp,
                             np.zeros((Bp, 4 * H), dt), chunk)
         elif cell.name == "gru":
             dGp = _panels(lease, T * B, 3 * H, dt, masked)
             u_panels = _panels(lease, T * B, 3 * H, dt, masked)  # (da_r, da_z, dhn): U's grad
-            K.gru_backward(saved["gates"], hprev, pack_panels(UT), lens, reverse, dh_arr, has_dh,
+            kernels.gru_backward(saved["gates"], hprev, pack_panels(UT), lens, reverse, dh_arr, has_dh,
                            dh_carry, dGp, u_panels, np.zeros((Bp, 3 * H), dt),
                            np.empty((Bp, 3 * H), dt), chunk)
             grads["bn"] = panel_column_sums(u_panels, 3 * H)[2 * H:]
         elif cell.name == "gru_reset_before":
             dGx = lease.take((T, B, 3 * H), dt, zero=masked)
             rh = lease.take((T, B, H), dt, zero=masked)
-            K.gru_rb_backward(saved["gates"], hprev, pack_panels(UT[:2 * H]),
+            kernels.grurb_backward(saved["gates"], hprev, pack_panels(UT[:2 * H]),
                               pack_panels(UT[2 * H:]), lens, reverse, dh_arr, has_dh, dh_carry,
                               dGx, rh, np.zeros((Bp, H), dt), np.zeros((Bp, 2 * H), dt),
                               _gemm_out(Bp, H, dt), chunk)
@@ -218,7 +217,7 @@ class NumbaBackend(NumpyBackend):
             if not out.flags.writeable:          # numba would compile a read-only variant
                 out = out.view()
                 out.flags.writeable = True
-            K.rnn_backward(out, hprev, pack_panels(UT), cell.nonlinearity == "relu", lens,
+            kernels.rnn_backward(out, hprev, pack_panels(UT), cell.nonlinearity == "relu", lens,
                            reverse, dh_arr, has_dh, dh_carry, dG, np.zeros((Bp, H), dt), chunk)
             dGx = dG
 

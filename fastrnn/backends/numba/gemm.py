@@ -1,18 +1,16 @@
 """A small GEMM for the per-step products of the numba kernels, with the weights packed once.
 
 The recurrent product ``h @ U`` runs T times with the same U. A BLAS call re-packs U into
-its panel layout on every call (about half the time of a (64, 256) x (256, 1024) sgemm on
-the dev machine). Here U is packed once per pass into panels of NR columns,
+its panel layout on every call, a large share of the time of one step's product. Here U
+is packed once per pass into panels of NR columns,
 ``Up[p, k, :] = U[k, p*NR:(p+1)*NR]``, and a register-blocked micro-kernel computes each
 MR x NR tile of C with MR*4 vector accumulators: per k one vector load per accumulator
 column, one broadcast per row, MR*4 fused multiply-adds. It is written as LLVM IR (an
 intrinsic), because Numba has no vector types and would not keep the accumulators in
 registers otherwise.
 
-Measured single-threaded on the dev machine (AMD EPYC, AVX-512), float32, against NumPy's
-OpenBLAS with 2 threads: (16, 128) x (128, 512) 210 vs 115 GFLOP/s; (64, 256) x (256, 1024)
-186 vs 181; (64, 512) x (512, 2048) 179 vs 202. The kernels split the batch over threads,
-so two cores run two of these at once.
+The kernels split the batch over threads, so each core runs its own tiles
+(``bench/README.md`` has the rates measured against OpenBLAS).
 
 Shapes: A (M, K) with M a multiple of MR (callers pad the batch), C (M, P*NR), both
 C-contiguous rows with their own leading dimension; padded columns of Up are zero, so the
@@ -29,7 +27,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .numba_math import JIT
+from .math import JIT
 
 MR = 4                                            # rows of a tile
 KC = 256                                          # depth of a block of B kept in cache
@@ -169,10 +167,6 @@ def matmul(A: np.ndarray, B: np.ndarray) -> np.ndarray:
 
     A may be any strided view (a transpose costs no copy); B is packed into panels (a copy
     of B: give the smaller operand as B). The last M % MR rows go through NumPy.
-
-    Measured on the dev machine, float32, 2 threads: (6400, 256) x (256, 1024) at 454 GFLOP/s
-    and (3200, 512) x (512, 2048) at 410, where NumPy's OpenBLAS (AVX2 kernels, as this
-    machine's environment pins them) reached 190-230.
     """
     M, K = A.shape
     N = B.shape[1]
@@ -272,7 +266,7 @@ def _panel_sums(Ap, out):
 
 def panel_column_sums(Ap: np.ndarray, n: int) -> np.ndarray:
     """Column sums (n,) of the (M, n) matrix stored as panels Ap (P, M, NR), accumulated in
-    float64 (NumPy's sum over the middle axis of Ap took 0.33 ms for M = 2048, n = 512)."""
+    float64 in one compiled pass (NumPy's sum over the middle axis of Ap strides badly)."""
     out = np.empty(Ap.shape[0] * Ap.shape[2], dtype=Ap.dtype)
     _panel_sums(Ap, out)
     return out[:n]

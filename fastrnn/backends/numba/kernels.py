@@ -6,8 +6,7 @@ the weight gradients after the loop are single GEMMs over all T*B rows. Each ste
 forward gathers its input rows into ``xs`` and computes ``ax = xs @ W`` and
 ``acc = h @ U`` with :func:`packed_gemm` (weights packed once per pass), then one fused
 pointwise pass. The input projection runs per step rather than as one GEMM before the
-loop: the same FLOPs at about the same rate, without a (T, B, G*H) array to write and read
-back (26 MB for the large LSTM); measured the same to 5% faster on LSTM inference.
+loop: the same FLOPs, without a (T, B, G*H) array to write and read back.
 
 The batch is split into chunks of whole MR-row tiles that run the entire time loop on
 their own threads (``prange``): sequences are independent, so the threads never wait for
@@ -23,8 +22,8 @@ from __future__ import annotations
 
 from numba import njit, prange, uint64
 
-from .numba_gemm import packed_gemm
-from .numba_math import JIT, sigm, tanh_
+from .gemm import packed_gemm
+from .math import JIT, sigm, tanh_
 
 PARALLEL = dict(JIT, parallel=True)
 
@@ -35,7 +34,8 @@ def chunk_rows(ci, chunk, Bp):
     return b0, min(b0 + chunk, Bp)
 
 
-# Row helpers. Each is one short loop over the H (or G*H) entries of one sequence at one
+# Row helpers. one_h, two_h, three_h are H, 2H, 3H: where the gate blocks of a row start.
+# Each is one short loop over the H (or G*H) entries of one sequence at one
 # step, with unsigned indices: Numba then drops its negative-index handling and LLVM
 # vectorises the loop, transcendentals included. Kernels below call them once per row.
 
@@ -117,8 +117,8 @@ def recurrent_grad(dG, s, lengths, reverse, ws, UTp, dh_carry, b0, b1):
 @njit(**JIT)
 def rnn_row(x, a, bias, relu, h, o, H):
     zero = h.dtype.type(0)
-    h1 = uint64(H)
-    for j in range(h1):
+    one_h = uint64(H)
+    for j in range(one_h):
         v = x[j] + a[j] + bias[j]
         hn = (v if (v > 0 or v != v) else zero) if relu else tanh_(v)
         h[j] = hn
@@ -128,7 +128,7 @@ def rnn_row(x, a, bias, relu, h, o, H):
 @njit(**PARALLEL)
 def rnn_forward(x, Wp, Up, bias, relu, h, lengths, reverse, out, hprev, training, xs, ax, acc,
                 chunk):
-    """Matches numpy_ref.rnn_step over all steps. h (Bp, H) holds h0 and ends as h_n."""
+    """Matches reference.rnn_step over all steps. h (Bp, H) holds h0 and ends as h_n."""
     T, B, H = out.shape
     Bp = h.shape[0]
     for ci in prange(-(-Bp // chunk)):
@@ -150,8 +150,8 @@ def rnn_forward(x, Wp, Up, bias, relu, h, lengths, reverse, out, hprev, training
 def rnn_bwd_row(dhc, o, relu, d, H):
     one = d.dtype.type(1)
     zero = one - one
-    h1 = uint64(H)
-    for j in range(h1):
+    one_h = uint64(H)
+    for j in range(one_h):
         g = dhc[j]
         hn = o[j]
         d[j] = (g if hn > 0 else zero) if relu else g * (one - hn * hn)
@@ -160,7 +160,7 @@ def rnn_bwd_row(dhc, o, relu, d, H):
 
 @njit(**PARALLEL)
 def rnn_backward(out, hprev, UTp, relu, lengths, reverse, dh, has_dh, dh_carry, dG, ws, chunk):
-    """Matches numpy_ref.rnn_step_backward over all steps; fills dG (T, B, H) = dL/da."""
+    """Matches reference.rnn_step_backward over all steps; fills dG (T, B, H) = dL/da."""
     T, B, H = out.shape
     Bp = dh_carry.shape[0]
     for ci in prange(-(-Bp // chunk)):
@@ -183,24 +183,24 @@ def lstm_state_row(g, c, h, o, tc, H):
     """c' = f*c + i*g; tc = tanh(c'); h' = o*tc, for gate row g = (i, f, g, o).
 
     Three loops over two or three arrays each: with all five in one loop LLVM's alias
-    checks gave up and the loop ran scalar (2.2 ns per element instead of 0.5).
+    checks give up and the loop runs scalar.
     """
-    h1 = uint64(H)
-    h2 = h1 + h1
-    h3 = h2 + h1
-    for j in range(h1):
-        c[j] = g[h1 + j] * c[j] + g[j] * g[h2 + j]
-    for j in range(h1):
+    one_h = uint64(H)
+    two_h = one_h + one_h
+    three_h = two_h + one_h
+    for j in range(one_h):
+        c[j] = g[one_h + j] * c[j] + g[j] * g[two_h + j]
+    for j in range(one_h):
         tc[j] = tanh_(c[j])
-    for j in range(h1):
-        h[j] = g[h3 + j] * tc[j]
+    for j in range(one_h):
+        h[j] = g[three_h + j] * tc[j]
     copy_row(o, h, H)
 
 
 @njit(**PARALLEL)
 def lstm_forward(x, Wp, Up, bias, h, c, lengths, reverse, out, hprev, gates, cprev, tanhc,
                  training, xs, ax, acc, scratch_g, scratch_tc, chunk):
-    """Matches numpy_ref.lstm_step over all steps. h, c (Bp, H) hold h0, c0 and end as h_n, c_n.
+    """Matches reference.lstm_step over all steps. h, c (Bp, H) hold h0, c0 and end as h_n, c_n.
 
     Tape per (t, b): gates i, f, g, o (4H), c_prev, tanh(c_new) and h_prev (H each).
     scratch_g (Bp, 4H) and scratch_tc (Bp, H) take them when no tape is kept.
@@ -235,36 +235,36 @@ def lstm_bwd_row(g, cp, tc, dhc, dcc, d, H):
     """Gate gradients dL/da (4H) for gates g = (i, f, g, o); updates the carries.
 
     Split in three loops over at most four arrays each: as one loop over all six LLVM's
-    alias checks gave up and it ran scalar (measured 0.25 against 0.20 ms per LSTM pass).
+    alias checks give up and it runs scalar.
     """
     one = d.dtype.type(1)
     zero = one - one
-    h1 = uint64(H)
-    h2 = h1 + h1
-    h3 = h2 + h1
-    for j in range(h1):
-        o = g[h3 + j]
+    one_h = uint64(H)
+    two_h = one_h + one_h
+    three_h = two_h + one_h
+    for j in range(one_h):
+        o = g[three_h + j]
         t = tc[j]
         dhn = dhc[j]
         dcc[j] += dhn * o * (one - t * t)            # dcc now holds dL/dc of this step
-        d[h3 + j] = dhn * t * o * (one - o)
-    for j in range(h1):
+        d[three_h + j] = dhn * t * o * (one - o)
+    for j in range(one_h):
         dhc[j] = zero
-    for j in range(h1):
+    for j in range(one_h):
         dc = dcc[j]
         i = g[j]
-        f = g[h1 + j]
-        gg = g[h2 + j]
+        f = g[one_h + j]
+        gg = g[two_h + j]
         d[j] = dc * gg * i * (one - i)
-        d[h1 + j] = dc * cp[j] * f * (one - f)
-        d[h2 + j] = dc * i * (one - gg * gg)
+        d[one_h + j] = dc * cp[j] * f * (one - f)
+        d[two_h + j] = dc * i * (one - gg * gg)
         dcc[j] = dc * f
 
 
 @njit(**PARALLEL)
 def lstm_backward(gates, cprev, tanhc, UTp, lengths, reverse, dh, has_dh, dh_carry, dc_carry,
                   dGp, ws, chunk):
-    """Matches numpy_ref.lstm_step_backward over all steps.
+    """Matches reference.lstm_step_backward over all steps.
 
     Fills dGp (P, T*B, NR), the gate gradients dL/da (T*B, 4H) in panels (row t*B + b),
     ready to be the packed operand of dW and dU. ws (Bp, 4H) must start zero.
@@ -294,16 +294,16 @@ def lstm_backward(gates, cprev, tanhc, UTp, lengths, reverse, dh, has_dh, dh_car
 def gru_state_row(g, x, a, bias, bn, h, o, H):
     """n = tanh(x_n + b_n + r*(a_n + bn)); h' = (1-z)*n + z*h. Writes n, hn into g[2H:4H]."""
     one = g.dtype.type(1)
-    h1 = uint64(H)
-    h2 = h1 + h1
-    h3 = h2 + h1
-    for j in range(h1):
-        hn = a[h2 + j] + bn[j]
-        n = tanh_(x[h2 + j] + bias[h2 + j] + g[j] * hn)
-        z = g[h1 + j]
+    one_h = uint64(H)
+    two_h = one_h + one_h
+    three_h = two_h + one_h
+    for j in range(one_h):
+        hn = a[two_h + j] + bn[j]
+        n = tanh_(x[two_h + j] + bias[two_h + j] + g[j] * hn)
+        z = g[one_h + j]
         hnew = (one - z) * n + z * h[j]
-        g[h2 + j] = n
-        g[h3 + j] = hn
+        g[two_h + j] = n
+        g[three_h + j] = hn
         h[j] = hnew
         o[j] = hnew
 
@@ -311,7 +311,7 @@ def gru_state_row(g, x, a, bias, bn, h, o, H):
 @njit(**PARALLEL)
 def gru_forward(x, Wp, Up, bias, bn, h, lengths, reverse, out, hprev, gates, training, xs, ax,
                 acc, scratch, chunk):
-    """Matches numpy_ref.gru_step (reset after, cell 'gru') over all steps.
+    """Matches reference.gru_step (reset after, cell 'gru') over all steps.
 
     Tape per (t, b): r, z, n and hn = h @ U_n + bn (4H), h_prev (H). scratch (Bp, 4H).
     """
@@ -345,30 +345,30 @@ def gru_bwd_row(g, hp, dhc, dx_row, w, H):
     Two loops over at most four arrays each, so that both vectorise (see lstm_bwd_row).
     """
     one = g.dtype.type(1)
-    h1 = uint64(H)
-    h2 = h1 + h1
-    h3 = h2 + h1
-    for j in range(h1):
+    one_h = uint64(H)
+    two_h = one_h + one_h
+    three_h = two_h + one_h
+    for j in range(one_h):
         d = dhc[j]
         r = g[j]
-        z = g[h1 + j]
-        n = g[h2 + j]
-        hn = g[h3 + j]
+        z = g[one_h + j]
+        n = g[two_h + j]
+        hn = g[three_h + j]
         dan = d * (one - z) * (one - n * n)
         dx_row[j] = dan * hn * r * (one - r)
-        dx_row[h1 + j] = d * (hp[j] - n) * z * (one - z)
-        dx_row[h2 + j] = dan
+        dx_row[one_h + j] = d * (hp[j] - n) * z * (one - z)
+        dx_row[two_h + j] = dan
         dhc[j] = d * z
-    for j in range(h1):
+    for j in range(one_h):
         w[j] = dx_row[j]
-        w[h1 + j] = dx_row[h1 + j]
-        w[h2 + j] = dx_row[h2 + j] * g[j]
+        w[one_h + j] = dx_row[one_h + j]
+        w[two_h + j] = dx_row[two_h + j] * g[j]
 
 
 @njit(**PARALLEL)
 def gru_backward(gates, hprev, UTp, lengths, reverse, dh, has_dh, dh_carry, dGxp, wp, ws,
                  scratch, chunk):
-    """Matches numpy_ref.gru_step_backward for 'gru'.
+    """Matches reference.gru_step_backward for 'gru'.
 
     Fills, as panels (P, T*B, NR) with row t*B + b: dGxp = dL/d(xW + b) (3H columns) and
     wp = (da_r, da_z, dL/d(h @ U_n + bn)), the gradient that meets U. ws (Bp, 3H) must
@@ -394,31 +394,31 @@ def gru_backward(gates, hprev, UTp, lengths, reverse, dh, has_dh, dh_carry, dGxp
 
 
 @njit(**JIT)
-def gru_rb_rh_row(g, h, rh, H):
-    h1 = uint64(H)
-    for j in range(h1):
+def grurb_rh_row(g, h, rh, H):
+    one_h = uint64(H)
+    for j in range(one_h):
         rh[j] = g[j] * h[j]
 
 
 @njit(**JIT)
-def gru_rb_state_row(g, x, a, an, bias, h, o, H):
+def grurb_state_row(g, x, a, an, bias, h, o, H):
     """n = tanh(x_n + b_n + an) with an = (r*h) @ U_n; h' = (1-z)*n + z*h; n into g[2H:3H]."""
     one = g.dtype.type(1)
-    h1 = uint64(H)
-    h2 = h1 + h1
-    for j in range(h1):
-        n = tanh_(x[h2 + j] + bias[h2 + j] + an[j])
-        z = g[h1 + j]
+    one_h = uint64(H)
+    two_h = one_h + one_h
+    for j in range(one_h):
+        n = tanh_(x[two_h + j] + bias[two_h + j] + an[j])
+        z = g[one_h + j]
         hnew = (one - z) * n + z * h[j]
-        g[h2 + j] = n
+        g[two_h + j] = n
         h[j] = hnew
         o[j] = hnew
 
 
 @njit(**PARALLEL)
-def gru_rb_forward(x, Wp, U_rz, U_n, bias, h, lengths, reverse, out, hprev, gates, training, xs,
+def grurb_forward(x, Wp, U_rz, U_n, bias, h, lengths, reverse, out, hprev, gates, training, xs,
                    ax, acc, rh, acc_n, scratch, chunk):
-    """Matches numpy_ref.gru_step for 'gru_reset_before': n = tanh(xW_n + b_n + (r*h) @ U_n).
+    """Matches reference.gru_step for 'gru_reset_before': n = tanh(xW_n + b_n + (r*h) @ U_n).
 
     Tape per (t, b): r, z, n (3H), h_prev (H). U_rz, U_n packed; acc, rh, acc_n and
     scratch (Bp, 3H) are workspace; rh must start zero.
@@ -439,7 +439,7 @@ def gru_rb_forward(x, Wp, U_rz, U_n, bias, h, lengths, reverse, out, hprev, gate
                 t = time_of(s, b, lengths, reverse)
                 g = gates[t, b] if training else scratch[b]
                 gates_sigm(g, ax[b], acc[b], bias, 0, 2 * H)
-                gru_rb_rh_row(g, h[b], rh[b], H)
+                grurb_rh_row(g, h[b], rh[b], H)
             packed_gemm(rh, b0, b1, U_n, acc_n, 0)
             for b in range(b0, min(b1, B)):
                 if s >= lengths[b]:
@@ -448,45 +448,45 @@ def gru_rb_forward(x, Wp, U_rz, U_n, bias, h, lengths, reverse, out, hprev, gate
                 g = gates[t, b] if training else scratch[b]
                 if training:
                     copy_row(hprev[t, b], h[b], H)
-                gru_rb_state_row(g, ax[b], acc[b], acc_n[b], bias, h[b], out[t, b], H)
+                grurb_state_row(g, ax[b], acc[b], acc_n[b], bias, h[b], out[t, b], H)
 
 
 @njit(**JIT)
-def gru_rb_bwd_row1(g, hp, dhc, dx_row, wn, H):
+def grurb_bwd_row1(g, hp, dhc, dx_row, wn, H):
     """First half for 'gru_reset_before': da_n, da_z; dhc becomes z*dh."""
     one = g.dtype.type(1)
-    h1 = uint64(H)
-    h2 = h1 + h1
-    for j in range(h1):
+    one_h = uint64(H)
+    two_h = one_h + one_h
+    for j in range(one_h):
         d = dhc[j]
-        z = g[h1 + j]
-        n = g[h2 + j]
+        z = g[one_h + j]
+        n = g[two_h + j]
         dan = d * (one - z) * (one - n * n)
-        dx_row[h2 + j] = dan
-        dx_row[h1 + j] = d * (hp[j] - n) * z * (one - z)
+        dx_row[two_h + j] = dan
+        dx_row[one_h + j] = d * (hp[j] - n) * z * (one - z)
         wn[j] = dan
         dhc[j] = d * z
 
 
 @njit(**JIT)
-def gru_rb_bwd_row2(g, hp, drh, dhc, dx_row, rh_row, w, H):
+def grurb_bwd_row2(g, hp, drh, dhc, dx_row, rh_row, w, H):
     """Second half: drh = da_n @ U_n^T is the gradient of r*h; gives da_r and the r*h tape."""
     one = g.dtype.type(1)
-    h1 = uint64(H)
-    for j in range(h1):
+    one_h = uint64(H)
+    for j in range(one_h):
         r = g[j]
         dar = drh[j] * hp[j] * r * (one - r)
         dx_row[j] = dar
         rh_row[j] = r * hp[j]
         dhc[j] += drh[j] * r
         w[j] = dar
-        w[h1 + j] = dx_row[h1 + j]
+        w[one_h + j] = dx_row[one_h + j]
 
 
 @njit(**PARALLEL)
-def gru_rb_backward(gates, hprev, UT_rz, UT_n, lengths, reverse, dh, has_dh, dh_carry, dGx,
+def grurb_backward(gates, hprev, UT_rz, UT_n, lengths, reverse, dh, has_dh, dh_carry, dGx,
                     rh_all, ws_n, ws_rz, drh, chunk):
-    """Matches numpy_ref.gru_step_backward for 'gru_reset_before'. Fills dGx (T, B, 3H) and
+    """Matches reference.gru_step_backward for 'gru_reset_before'. Fills dGx (T, B, 3H) and
     rh_all (T, B, H) = r * h_prev (the input of U_n, for dU). ws_n, ws_rz must start zero."""
     T, B, H = hprev.shape
     Bp = dh_carry.shape[0]
@@ -501,13 +501,13 @@ def gru_rb_backward(gates, hprev, UT_rz, UT_n, lengths, reverse, dh, has_dh, dh_
                 t = time_of(s, b, lengths, reverse)
                 if has_dh:
                     add_row(dh_carry[b], dh[t, b], H)
-                gru_rb_bwd_row1(gates[t, b], hprev[t, b], dh_carry[b], dGx[t, b], ws_n[b], H)
+                grurb_bwd_row1(gates[t, b], hprev[t, b], dh_carry[b], dGx[t, b], ws_n[b], H)
             packed_gemm(ws_n, b0, b1, UT_n, drh, 0)
             for b in range(b0, min(b1, B)):
                 if s >= lengths[b]:
                     fill_row(ws_rz[b], zero, 2 * H)
                     continue
                 t = time_of(s, b, lengths, reverse)
-                gru_rb_bwd_row2(gates[t, b], hprev[t, b], drh[b], dh_carry[b], dGx[t, b],
+                grurb_bwd_row2(gates[t, b], hprev[t, b], drh[b], dh_carry[b], dGx[t, b],
                                 rh_all[t, b], ws_rz[b], H)
             packed_gemm(ws_rz, b0, b1, UT_rz, dh_carry, 1)

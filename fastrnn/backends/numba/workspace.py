@@ -1,18 +1,17 @@
 """A pool of large work arrays that the CPU kernels reuse from one call to the next.
 
-A training step of the numba backend needs about 10 MB of tape and gradient buffers for a
-(T=64, B=32, H=128) LSTM. Fresh memory of that size comes from the kernel page by page:
-measured on the dev machine, ``python`` with ``fastrnn.forward`` + ``fastrnn.backward`` in a
-loop took 1,155 page faults and 6.2 ms per step, against 0 faults and 4.3 ms when the
-same buffers were reused. The pool keeps buffers that a finished pass gave back and hands
-them to the next pass that asks for the same number of bytes.
+A training step of the numba backend needs megabytes of tape and gradient buffers. Fresh
+memory of that size comes from the operating system page by page, a page fault each,
+which costs a training loop a large share of its time. The pool keeps buffers that a
+finished pass gave back and hands them to the next pass that asks for the same number of
+bytes.
 
 Only memory that fastrnn alone sees goes through the pool: the tape's intermediates (given
 back when the tape is freed) and temporaries of a backward pass. Outputs and gradients
 returned to the caller are always fresh arrays.
 
-The pool holds at most :data:`MAX_BYTES` (``FASTRNN_WORKSPACE_MB``, default 256) of idle
-buffers. When a returned buffer does not fit, the buffers idle the longest are dropped to
+The pool holds at most ``config.workspace_mb`` (``FASTRNN_WORKSPACE_MB``, default 256) MiB
+of idle buffers. When a returned buffer does not fit, the buffers idle the longest are dropped to
 make room, so that a run whose shapes change (bucketed sequence lengths, say) keeps the
 sizes it uses now rather than those of its first steps. :func:`release` empties the pool.
 """
@@ -20,16 +19,14 @@ sizes it uses now rather than those of its first steps. :func:`release` empties 
 from __future__ import annotations
 
 import collections
-import os
 import threading
 import weakref
 
 import numpy as np
 
-__all__ = ["take", "give", "give_when_freed", "Lease", "release", "idle_bytes", "MAX_BYTES"]
+from ...core import config
 
-MIN_BYTES = 1 << 18                     # smaller arrays come from malloc's own free lists
-MAX_BYTES = int(float(os.environ.get("FASTRNN_WORKSPACE_MB", "256")) * (1 << 20))
+__all__ = ["take", "give", "give_when_freed", "Lease", "release", "idle_bytes"]
 
 _lock = threading.Lock()
 _idle: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()  # id -> raw, oldest first
@@ -46,7 +43,7 @@ def take(shape, dtype, zero: bool = False) -> np.ndarray:
     dtype = np.dtype(dtype)
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     raw = None
-    if nbytes >= MIN_BYTES:
+    if nbytes >= config.workspace_min_bytes:
         _collect_freed()
         with _lock:
             for key, buf in reversed(_idle.items()):      # the most recently returned first
@@ -73,21 +70,22 @@ def give(*arrays) -> None:
 
 
 def _add(arrays):
+    limit = config.workspace_max_bytes()
     raws = [a.reshape(-1).view(np.uint8) for a in arrays
-            if a is not None and a.nbytes >= MIN_BYTES and a.flags.c_contiguous
-            and a.flags.writeable and a.nbytes <= MAX_BYTES]
+            if a is not None and a.nbytes >= config.workspace_min_bytes
+            and a.flags.c_contiguous and a.flags.writeable and a.nbytes <= limit]
     if raws:
         with _lock:
             for raw in raws:
-                _add_locked(raw)
+                _add_locked(raw, limit)
 
 
-def _add_locked(raw):
+def _add_locked(raw, limit):
     global _idle_total
-    while _idle and _idle_total + raw.nbytes > MAX_BYTES:
+    while _idle and _idle_total + raw.nbytes > limit:
         _, old = _idle.popitem(last=False)                # idle the longest
         _idle_total -= old.nbytes
-    if _idle_total + raw.nbytes <= MAX_BYTES:
+    if _idle_total + raw.nbytes <= limit:
         _idle[id(raw)] = raw
         _idle_total += raw.nbytes
 

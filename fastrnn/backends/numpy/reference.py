@@ -1,7 +1,7 @@
 """The NumPy reference backend: the specification every other backend must match.
 
 Written to be read, not to be fast: one time step at a time, each cell's equations as in
-DESIGN.md, and backward through time as the chain rule applied step by step in reverse.
+the cell table of :mod:`fastrnn.core.cells`, and backward through time as the chain rule applied step by step in reverse.
 At every step only the sequences still running take part (``rows``), so padded steps
 never touch a state, an output or a gradient, and a NaN in one sequence stays there.
 """
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..cells import CellSpec, sigmoid
-from .base import Backend, BackwardOut, ForwardOut
+from ...core.cells import CellSpec, sigmoid
+from ..base import Backend, BackwardOut, ForwardOut
 
 # ----------------------------------------------------------------------------- cells
 # Each `*_step` maps (x_t, h, c, params) -> (h_new, c_new, cache) for the running rows;
@@ -181,39 +181,3 @@ class NumpyBackend(Backend):
             if dc_carry is not None:
                 dc_carry[rows] = dc_prev
         return BackwardOut(dx, dh_carry, dc_carry, grads)
-
-    # The readout is array code shared by every backend through `xp`.
-    def readout(self, h2, Wy, by, activation):
-        return readout_forward(self.xp, h2, Wy, by, activation)
-
-    def readout_backward(self, h2, Wy, y2, activation, dy2):
-        return readout_backward(self.xp, h2, Wy, y2, activation, dy2)
-
-
-# ------------------------------------------------------------------------- readout
-
-READOUT_ACTIVATIONS = ("softmax", "sigmoid", "linear")
-
-
-def readout_forward(xp, h2, Wy, by, activation):
-    """y = activation(h2 @ Wy + by) for h2 (N, H), Wy (H, n_y), by (n_y,): one GEMM."""
-    a = h2 @ Wy + by
-    if activation == "linear":
-        return a
-    if activation == "sigmoid":
-        e = xp.exp(-xp.abs(a))
-        return xp.where(a >= 0, 1 / (1 + e), e / (1 + e)).astype(a.dtype, copy=False)
-    a = a - a.max(axis=-1, keepdims=True)            # softmax, shifted so exp cannot overflow
-    e = xp.exp(a)
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-def readout_backward(xp, h2, Wy, y2, activation, dy2):
-    """(dh2, dWy, dby) for dy2 = dL/dy (N, n_y)."""
-    if activation == "linear":
-        da = dy2
-    elif activation == "sigmoid":
-        da = dy2 * y2 * (1 - y2)
-    else:
-        da = y2 * (dy2 - (dy2 * y2).sum(axis=-1, keepdims=True))
-    return da @ Wy.T, h2.T @ da, da.sum(axis=0)

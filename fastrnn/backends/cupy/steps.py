@@ -1,0 +1,393 @@
+"""The per-step path: cuBLAS for the products, one fused kernel per step for the rest.
+
+Forward: ``xw = x @ W`` for all T*B rows is one GEMM before the loop; per step s,
+``hu = h @ U`` is one ``cublasGemmEx`` call into a buffer allocated once, then ONE kernel
+of ``kernels/<cell>.cu`` adds ``xw`` and the bias, applies the gates, updates the state,
+masks by ``lengths``, indexes time in reverse where asked and writes the tape.
+``gru_reset_before`` needs two GEMM + kernel pairs per step, since its ``(r * h) @ U_n``
+depends on ``r``. Backward mirrors it: per step one kernel turns the state gradient into
+the gate gradients ``dG[s]`` and cuBLAS computes ``dG[s] @ U^T``; after the loop ``dW``,
+``dU`` and ``dx`` are one GEMM each over all T*B rows and the bias gradients one sum.
+Nothing uses atomics for results, so two runs on the same inputs agree bit for bit.
+
+Tape (step-indexed: slot s belongs to step s, whatever time index it worked on):
+``hs`` (T+1, B, H) the state before every step and after the last; lstm ``cs`` likewise
+and ``gates`` (T, B, 4H) = i, f, g, o; gru ``gates`` (T, B, 4H) = r, z, n, h@U_n + bn;
+gru_reset_before ``gates`` (T, B, 3H) = r, z, n and ``rh`` (T, B, H) = r * h; rnn needs
+only ``hs``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..base import BackwardOut
+from .lib import cupy
+from .nvrtc import function
+
+
+THREADS = 256
+_MAX_BLOCKS = 1 << 16          # the kernels loop (grid stride) over whatever is left
+NULL = np.uint64(0)           # a null device pointer as a kernel argument
+
+
+def grid(n: int) -> tuple:
+    return (max(1, min((n + THREADS - 1) // THREADS, _MAX_BLOCKS)),)
+
+
+def addr(a) -> int:
+    """Device address of a C-contiguous array's first element."""
+    return a.data.ptr
+
+
+def ptr(address: int):
+    """A device address as a kernel argument (8 bytes, like any pointer)."""
+    return np.uint64(address)
+
+
+def mm(a, b, out=None):
+    """a @ b through cuBLAS (cupy.matmul): the GEMMs run once per call, over all T*B rows."""
+    return cupy.matmul(a, b, out=out)
+
+
+def cublas_bindings():
+    """CuPy's cuBLAS bindings (``cupy_backends.cuda.libs.cublas``)."""
+    try:
+        from cupy_backends.cuda.libs import cublas  # noqa: PLC0415 - only with CuPy
+    except ImportError:
+        cublas = cupy.cuda.cublas
+    return cublas
+
+
+# cudaDataType of each storage dtype (library_types.h)
+CUDA_DATA_TYPE = {"float32": 0, "float64": 1, "float16": 2, "bfloat16": 14}
+
+
+class StepGemm:
+    """Row-major ``C (M, N) = A (M, K) @ B (K, N)`` of C-contiguous device blocks given by
+    address, through one ``cublasGemmEx`` call: the per-step products, without the cost
+    of building array views and of ``cupy.matmul``'s dispatch at every step.
+
+    cuBLAS is column-major: the row-major C is the column-major C^T = B^T A^T, so the call
+    passes B first with ldb = N, then A with lda = K, and ldc = N. Compute type: float64
+    for float64, float32 otherwise (TF32 tensor cores for float32 only when ``CUPY_TF32``
+    asks for them, as for ``cupy.matmul``). CuPy's binding puts the call on the current
+    stream.
+    """
+
+    def __init__(self, dtype):
+        cublas = cublas_bindings()
+        self._gemm = cublas.gemmEx
+        self._handle = cupy.cuda.device.get_cublas_handle()
+        cublas.setPointerMode(self._handle, cublas.CUBLAS_POINTER_MODE_HOST)
+        self._type = CUDA_DATA_TYPE[dtype.name]
+        if dtype.name == "float64":
+            self._compute = getattr(cublas, "CUBLAS_COMPUTE_64F", 70)
+            scalar = np.float64
+        else:
+            self._compute = getattr(cublas, "CUBLAS_COMPUTE_32F", 68)
+            if dtype.name == "float32" and _tf32_requested():
+                self._compute = getattr(cublas, "CUBLAS_COMPUTE_32F_FAST_TF32", 77)
+            scalar = np.float32
+        self._scalars = np.array([1, 0], dtype=scalar)        # alpha, beta on the host
+        self._one = self._scalars.ctypes.data
+        self._zero = self._one + self._scalars.itemsize
+
+    def __call__(self, a: int, b: int, c: int, M: int, N: int, K: int) -> None:
+        t = self._type
+        self._gemm(self._handle, 0, 0, N, M, K, self._one, b, t, N, a, t, K, self._zero,
+                   c, t, N, self._compute, -1)
+
+
+def _tf32_requested() -> bool:
+    """CuPy's own switch for TF32 tensor cores in float32 GEMMs (``CUPY_TF32``)."""
+    try:
+        return int(os.environ.get("CUPY_TF32", "0")) > 0
+    except ValueError:
+        return False
+
+
+def sum_rows(a):
+    """Sum over every axis but the last (a bias gradient), accumulated in >= float32."""
+    axes = tuple(range(a.ndim - 1))
+    if a.dtype.itemsize < 4:
+        return a.sum(axis=axes, dtype=cupy.float32).astype(a.dtype)
+    return a.sum(axis=axes)
+
+
+def grad_init(a, shape, dtype):
+    """A private, writable copy of an upstream gradient, or zeros when it is None."""
+    return cupy.zeros(shape, dtype=dtype) if a is None else a.copy()
+
+
+class Steps:
+    """One call's geometry: sizes, lengths on the device, reverse, launch configuration,
+    and the per-step GEMM."""
+
+    def __init__(self, T, B, H, lengths, reverse, dtype):
+        self.T, self.B, self.H, self.dtype = T, B, H, dtype
+        self.lengths = lengths                     # device int64 (B,) or None
+        self.reverse = bool(reverse)
+        self.grid = grid(B * H)
+        self.block = (THREADS,)
+        self.gemm = StepGemm(dtype)
+        self.lens_arg = NULL if lengths is None else lengths
+        self._sizes = (np.int32(T), np.int32(B), np.int32(H), np.int32(self.reverse))
+
+    def tail(self, s: int) -> tuple:
+        """The trailing kernel arguments (lengths, s, T, B, H, reverse) of step s."""
+        return (self.lens_arg, np.int32(s)) + self._sizes
+
+    @property
+    def trivial_order(self) -> bool:
+        """True when step s is time s for every row and nothing is padded."""
+        return self.lengths is None and not self.reverse
+
+    def gather(self, a):
+        """``gather_steps`` of kernels/util.cu: time <-> step order of a C-contiguous
+        (T, B, W) array, rows of finished steps (padding) set to zero."""
+        out = cupy.empty_like(a)
+        width = a.shape[2]
+        fn = function("util", "gather_steps", a.dtype)
+        fn(grid(self.T * self.B * width), self.block,
+           (a, out, self.lens_arg, np.int32(self.T), np.int32(self.B), np.int64(width),
+            np.int32(self.reverse)))
+        return out
+
+
+class Seq:
+    """A step-indexed C-contiguous buffer (T', B, W): the device address of slot s."""
+
+    __slots__ = ("array", "_base", "_step")
+
+    def __init__(self, array):
+        self.array = array
+        self._base = addr(array)
+        self._step = array.strides[0]
+
+    def __call__(self, s: int):
+        return ptr(self._base + s * self._step)
+
+
+class StateSeq:
+    """A recurrent state over the steps: all T+1 of them (T+1, B, H) when training, else
+    one (B, H) buffer updated in place by the kernels. Always a private copy of the
+    initial state. ``prev(s)`` / ``next(s)``: device addresses before / after step s."""
+
+    def __init__(self, init, T: int, keep: bool):
+        self.keep = keep
+        if keep:
+            self.buf = cupy.empty((T + 1,) + tuple(init.shape), dtype=init.dtype)
+            self.buf[0] = init
+            self._seq = Seq(self.buf)
+        else:
+            self.buf = init.copy()
+            self._addr = ptr(addr(self.buf))
+
+    def prev(self, s: int):
+        return self._seq(s) if self.keep else self._addr
+
+    def next(self, s: int):
+        return self._seq(s + 1) if self.keep else self._addr
+
+    def final(self):
+        """The state after the last step, as an array no tape shares."""
+        return self.buf[-1].copy() if self.keep else self.buf
+
+
+@dataclass
+class Saved:
+    """The device tape of one forward (see the module docstring)."""
+
+    hs: Any
+    cs: Any
+    gates: Any
+    rh: Any
+    lengths: Any
+
+
+
+# --------------------------------------------------------------------- shared pieces
+
+def finish_backward(st, cell, saved, x, params, dgx, dgr, dh0, dc0) -> BackwardOut:
+    """The GEMMs and sums over all T*B rows after the time loop, for either path.
+
+    dgx (T, B, G*H): step-ordered gradients of x @ W + b; dgr: those of the recurrent
+    product (h_prev @ U, + bn for gru), (T, B, G*H), or for gru_reset_before the pair
+    (dg_rz (T, B, 2H), da_n (T, B, H)) of h_prev @ U[:, :2H] and (r * h_prev) @ U[:, 2H:].
+    """
+    T, B, H = st.T, st.B, st.H
+    grads = input_grads(st, x, params["W"], dgx)
+    h_prev = saved.hs[:T].reshape(T * B, H)
+    if cell.name == "gru_reset_before":
+        dg_rz, da_n = dgr
+        grads["U"] = cupy.concatenate(
+            [mm(h_prev.T, dg_rz.reshape(T * B, 2 * H)),
+             mm(saved.rh.reshape(T * B, H).T, da_n.reshape(T * B, H))], axis=1)
+    else:
+        grads["U"] = mm(h_prev.T, dgr.reshape(T * B, -1))
+    if cell.name == "gru":
+        grads["bn"] = sum_rows(dgr[:, :, 2 * H:])
+    return BackwardOut(grads["dx"], dh0, dc0, {k: grads[k] for k in params})
+
+
+def input_grads(st: Steps, x, W, dgx) -> dict:
+    """dW, db and dx from the step-ordered gradients dgx (T, B, G*H) of x @ W + b.
+
+    The inputs go through gather_steps into step order with padded rows zeroed (needed
+    only with lengths or reverse), so dW is one GEMM over all T*B rows; the step-ordered
+    dx comes back to time order through the same (self-inverse) gather.
+    """
+    T, B, I = x.shape
+    dg2 = dgx.reshape(T * B, -1)
+    xs = x if st.trivial_order else st.gather(x)
+    dxs = mm(dg2, W.T).reshape(T, B, I)
+    return {"W": mm(xs.reshape(T * B, I).T, dg2), "b": sum_rows(dg2),
+            "dx": st.gather(dxs) if st.reverse else dxs}
+
+
+def transposed(a):
+    return cupy.ascontiguousarray(a.T)
+
+
+# -------------------------------------------------------------------------- per cell
+# Forward loops: per step one GEMM into `hu` (two for gru_reset_before) and one kernel.
+# Backward loops (s = T-1 .. 0): one kernel writes the gate gradients of step s, then
+# `rec` = their product with U^T; `direct` and `rec` together are the state gradient.
+
+def rnn_forward(st, xw, p, hs, out, relu):
+    fn = function("rnn", "rnn_forward", st.dtype)
+    B, H = st.B, st.H
+    U = addr(p["U"])
+    hu = cupy.empty((B, H), dtype=st.dtype)
+    hu_p, flag = addr(hu), np.int32(relu)
+    for s in range(st.T):
+        hp, hn = hs.prev(s), hs.next(s)
+        st.gemm(int(hp), U, hu_p, B, H, H)
+        fn(st.grid, st.block, (xw, p["b"], hu, hp, hn, out) + st.tail(s) + (flag,))
+    return None
+
+
+def rnn_backward(st, saved, p, dh_arg, direct, rec, relu):
+    fn = function("rnn", "rnn_backward", st.dtype)
+    B, H = st.B, st.H
+    UT = transposed(p["U"])                                   # (H, H)
+    dg = cupy.empty((st.T, B, H), dtype=st.dtype)
+    hs, dgs = Seq(saved.hs), Seq(dg)
+    UT_p, rec_p, flag = addr(UT), addr(rec), np.int32(relu)
+    for s in reversed(range(st.T)):
+        fn(st.grid, st.block, (dh_arg, direct, direct, rec, hs(s + 1), dgs(s)) + st.tail(s)
+           + (flag,))
+        st.gemm(int(dgs(s)), UT_p, rec_p, B, H, H)
+    return dg
+
+
+def lstm_forward(st, xw, p, hs, cs, out, training):
+    fn = function("lstm", "lstm_forward", st.dtype)
+    B, H = st.B, st.H
+    U = addr(p["U"])
+    hu = cupy.empty((B, 4 * H), dtype=st.dtype)
+    hu_p = addr(hu)
+    gates = cupy.empty((st.T, B, 4 * H), dtype=st.dtype) if training else None
+    gs = Seq(gates) if training else (lambda s: NULL)
+    for s in range(st.T):
+        hp = hs.prev(s)
+        st.gemm(int(hp), U, hu_p, B, 4 * H, H)
+        fn(st.grid, st.block,
+           (xw, p["b"], hu, hp, hs.next(s), cs.prev(s), cs.next(s), out, gs(s)) + st.tail(s))
+    return gates
+
+
+def lstm_backward(st, saved, p, dh_arg, direct, rec, dc):
+    fn = function("lstm", "lstm_backward", st.dtype)
+    B, H = st.B, st.H
+    UT = transposed(p["U"])                                   # (4H, H)
+    dg = cupy.empty((st.T, B, 4 * H), dtype=st.dtype)
+    gs, cs, dgs = Seq(saved.gates), Seq(saved.cs), Seq(dg)
+    UT_p, rec_p = addr(UT), addr(rec)
+    for s in reversed(range(st.T)):
+        fn(st.grid, st.block,
+           (dh_arg, direct, direct, rec, dc, gs(s), cs(s), cs(s + 1), dgs(s)) + st.tail(s))
+        st.gemm(int(dgs(s)), UT_p, rec_p, B, H, 4 * H)
+    return dg
+
+
+def gru_forward(st, xw, p, hs, out, training):
+    fn = function("gru", "gru_forward", st.dtype)
+    B, H = st.B, st.H
+    U = addr(p["U"])
+    hu = cupy.empty((B, 3 * H), dtype=st.dtype)
+    hu_p = addr(hu)
+    gates = cupy.empty((st.T, B, 4 * H), dtype=st.dtype) if training else None
+    gs = Seq(gates) if training else (lambda s: NULL)
+    for s in range(st.T):
+        hp = hs.prev(s)
+        st.gemm(int(hp), U, hu_p, B, 3 * H, H)
+        fn(st.grid, st.block,
+           (xw, p["b"], p["bn"], hu, hp, hs.next(s), out, gs(s)) + st.tail(s))
+    return gates
+
+
+def gru_backward(st, saved, p, dh_arg, direct, rec):
+    fn = function("gru", "gru_backward", st.dtype)
+    B, H = st.B, st.H
+    UT = transposed(p["U"])                                   # (3H, H)
+    dg_rec = cupy.empty((st.T, B, 3 * H), dtype=st.dtype)
+    dg_x = cupy.empty((st.T, B, 3 * H), dtype=st.dtype)
+    gs, hs, drs, dxs = Seq(saved.gates), Seq(saved.hs), Seq(dg_rec), Seq(dg_x)
+    UT_p, rec_p = addr(UT), addr(rec)
+    for s in reversed(range(st.T)):
+        fn(st.grid, st.block,
+           (dh_arg, direct, direct, rec, gs(s), hs(s), drs(s), dxs(s)) + st.tail(s))
+        st.gemm(int(drs(s)), UT_p, rec_p, B, H, 3 * H)
+    return dg_x, dg_rec
+
+
+def grurb_forward(st, xw, p, hs, out, training):
+    fn_rz = function("gru", "grurb_forward_rz", st.dtype)
+    fn_n = function("gru", "grurb_forward_n", st.dtype)
+    B, H = st.B, st.H
+    U_rz = cupy.ascontiguousarray(p["U"][:, :2 * H])          # (H, 2H)
+    U_n = cupy.ascontiguousarray(p["U"][:, 2 * H:])           # (H, H)
+    hu = cupy.empty((B, 2 * H), dtype=st.dtype)
+    hn = cupy.empty((B, H), dtype=st.dtype)
+    lead = (st.T,) if training else (1,)
+    gates = cupy.empty(lead + (B, 3 * H), dtype=st.dtype)     # r, z, n
+    rh = cupy.empty(lead + (B, H), dtype=st.dtype)            # r * h_prev
+    gs, rhs = Seq(gates), Seq(rh)
+    slot = (lambda s: s) if training else (lambda s: 0)
+    U_rz_p, U_n_p, hu_p, hn_p = addr(U_rz), addr(U_n), addr(hu), addr(hn)
+    for s in range(st.T):
+        hp, g, r = hs.prev(s), gs(slot(s)), rhs(slot(s))
+        st.gemm(int(hp), U_rz_p, hu_p, B, 2 * H, H)
+        fn_rz(st.grid, st.block, (xw, p["b"], hu, hp, g, r) + st.tail(s))
+        st.gemm(int(r), U_n_p, hn_p, B, H, H)
+        fn_n(st.grid, st.block, (xw, p["b"], hn, hp, hs.next(s), out, g) + st.tail(s))
+    return (gates, rh) if training else (None, None)
+
+
+def grurb_backward(st, saved, p, dh_arg, direct, rec):
+    fn_n = function("gru", "grurb_backward_n", st.dtype)
+    fn_r = function("gru", "grurb_backward_r", st.dtype)
+    B, H = st.B, st.H
+    U_rzT = transposed(p["U"][:, :2 * H])                    # (2H, H)
+    U_nT = transposed(p["U"][:, 2 * H:])                     # (H, H)
+    dg_x = cupy.empty((st.T, B, 3 * H), dtype=st.dtype)
+    dg_rz = cupy.empty((st.T, B, 2 * H), dtype=st.dtype)
+    da_n = cupy.empty((st.T, B, H), dtype=st.dtype)
+    drh = cupy.empty((B, H), dtype=st.dtype)
+    gs, hs = Seq(saved.gates), Seq(saved.hs)
+    dxs, drzs, dans = Seq(dg_x), Seq(dg_rz), Seq(da_n)
+    U_rzT_p, U_nT_p, drh_p, rec_p = addr(U_rzT), addr(U_nT), addr(drh), addr(rec)
+    for s in reversed(range(st.T)):
+        g, hp, dx_s, drz_s, dan_s = gs(s), hs(s), dxs(s), drzs(s), dans(s)
+        fn_n(st.grid, st.block,
+             (dh_arg, direct, direct, rec, g, hp, dx_s, drz_s, dan_s) + st.tail(s))
+        st.gemm(int(dan_s), U_nT_p, drh_p, B, H, H)
+        fn_r(st.grid, st.block, (drh, direct, g, hp, dx_s, drz_s) + st.tail(s))
+        st.gemm(int(drz_s), U_rzT_p, rec_p, B, H, 2 * H)
+    return dg_x, dg_rz, da_n

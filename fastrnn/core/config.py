@@ -1,0 +1,67 @@
+"""Every tunable of fastrnn in one place.
+
+Each setting is an attribute of this module. Those with an environment variable take its
+value when fastrnn is first imported; after that, assign the attribute
+(``fastrnn.config.workspace_mb = 64``) — the code reads it at every use, and tests patch
+it with ``monkeypatch.setattr``. Nothing else in the package reads ``FASTRNN_*``
+variables.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"{name}: expected a number, got {raw!r}") from None
+
+
+#: Backend that ``backend="auto"`` picks for NumPy inputs; "auto" lets fastrnn choose
+#: (numba where it runs, else numpy; CuPy arrays always go to cupy). ``FASTRNN_BACKEND``.
+backend: str = os.environ.get("FASTRNN_BACKEND", "").strip() or "auto"
+
+#: Idle buffers the numba backend keeps for reuse, in MiB. ``FASTRNN_WORKSPACE_MB``.
+workspace_mb: float = _env_float("FASTRNN_WORKSPACE_MB", 256.0)
+
+#: Arrays below this many bytes never enter the workspace pool: malloc's own free lists
+#: serve them as well.
+workspace_min_bytes: int = 1 << 18
+
+#: The numba kernels give a thread at least this many batch rows (sequences run
+#: independently, so a batch splits into chunks that each run the whole time loop).
+rows_per_thread: int = 4
+
+#: Rows per thread chunk, fixed; None chooses from the batch and the thread count.
+#: For tests that must see a batch split whatever the machine.
+chunk_rows: int | None = None
+
+#: Persistent GPU kernels (cupy backend): "0" never, "1" whenever the size fits the
+#: device (a refused launch is an error), "auto" for small batches, falling back to the
+#: per-step path when refused. ``FASTRNN_CUPY_PERSISTENT``.
+cupy_persistent: str = os.environ.get("FASTRNN_CUPY_PERSISTENT", "0").strip().lower()
+
+#: Largest batch and hidden size that ``cupy_persistent="auto"`` sends to the persistent
+#: kernels.
+cupy_persistent_max_batch: int = 32
+cupy_persistent_max_hidden: int = 512
+
+#: A tape checksums its inputs so that backward refuses arrays changed in place: whole
+#: arrays up to this many elements, larger ones through ``tape_digest_samples`` evenly
+#: spaced elements.
+tape_digest_full: int = 1 << 16
+tape_digest_samples: int = 4096
+
+#: How long OpenBLAS's idle threads spin after a call (its ``OPENBLAS_THREAD_TIMEOUT``, in
+#: units of 2^n cycles); set for the process when NumPy is not yet imported.
+openblas_thread_timeout: str = "20"
+
+
+def workspace_max_bytes() -> int:
+    """:data:`workspace_mb` in bytes."""
+    return int(workspace_mb * (1 << 20))
