@@ -12,7 +12,7 @@ H in {128, 256, 512, 1024}:
   inference: forward with ``training=False`` / ``torch.no_grad()``;
 * fastrnn and torch interleaved, one iteration of each per repetition (order alternating),
   the device synchronised before each clock read, medians over the repetitions;
-* achieved TFLOP/s from :mod:`fastrnn.cells` FLOP counts (matmul FLOPs, the usual RNN
+* achieved TFLOP/s from :mod:`fastrnn.core.cells` FLOP counts (matmul FLOPs, the usual RNN
   convention), against the card's measured GEMM peak (a large square matmul, the best of
   cupy and torch);
 * a check per size that both compute the same function (relative error of the outputs).
@@ -73,7 +73,7 @@ def render_markdown(meta: dict, rows: list[dict]) -> str:
         f"its per-step path (cuBLAS + one fused kernel per step) and, where the size fits, "
         f"its persistent kernels (one launch for all steps); speedup = cuDNN time / the "
         f"faster fastrnn path (> 1: fastrnn faster). TFLOP/s from matmul FLOPs "
-        f"(fastrnn.cells); measured GEMM peak of the card: {peak:.1f} TFLOP/s "
+        f"(fastrnn.core.cells); measured GEMM peak of the card: {peak:.1f} TFLOP/s "
         f"({meta['gemm_peak_source']}).",
         "",
         f"Versions: {meta['versions']}",
@@ -168,11 +168,11 @@ class Bench:
         dht = torch.tensor(dh_np, device="cuda")
         training = mode == "train"
 
-        from fastrnn.backends import cupy_backend as cb
+        from fastrnn.backends.cupy import persistent as cb
 
         def ours(path: str):
             def run():
-                os.environ[cb.PERSIST_ENV] = path      # "0": per-step kernels, "1": persistent
+                fastrnn.config.cupy_persistent = path   # "0": per-step kernels, "1": persistent
                 res = fastrnn.forward(cell, x, params, backend="cupy", training=training)
                 if training:
                     fastrnn.backward(res.tape, dh=dh)
@@ -239,8 +239,8 @@ class Bench:
         def ours():
             fastrnn.forward("lstm", x, params, backend="cupy", training=False)
 
-        from fastrnn.backends import cupy_backend as cb
-        os.environ[cb.PERSIST_ENV] = "0"
+        from fastrnn.backends.cupy import persistent as cb
+        fastrnn.config.cupy_persistent = "0"
 
         def theirs():
             with torch.no_grad():

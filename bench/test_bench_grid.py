@@ -20,8 +20,8 @@ import os
 import pytest
 
 from fastrnn import benchmark as bm
-from fastrnn.sysinfo import set_threads, usable_cores
-from fastrnn.tolerances import TOLERANCES, TORCH_TOLERANCES, rel_err
+from fastrnn.tools.sysinfo import set_threads, usable_cores
+from fastrnn.core.tolerances import TOLERANCES, TORCH_TOLERANCES, rel_err
 
 
 def _env_list(name, default):

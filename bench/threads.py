@@ -2,7 +2,7 @@
 
 Times one training step (forward + backward, float32, T=100, I=H) of an LSTM and a GRU at
 several (B, H) with the batch in one chunk and split over two threads, and prints the
-ratio. ``fastrnn.backends.numba_backend.ROWS_PER_THREAD`` is set from what this prints.
+ratio. ``fastrnn.config.rows_per_thread`` is set from what this prints.
 
     python bench/threads.py
 """
@@ -14,8 +14,7 @@ import time
 import numpy as np
 
 import fastrnn
-from fastrnn.backends import numba_backend
-from fastrnn.backends.numba_gemm import MR, padded
+from fastrnn.backends.numba.gemm import MR, padded
 
 
 def median_time(fn, repeat=9):
@@ -29,7 +28,7 @@ def median_time(fn, repeat=9):
 
 
 def step_time(cell, B, H, chunks):
-    numba_backend.chunk_size = lambda b: padded(-(-padded(b, MR) // chunks), MR)
+    fastrnn.config.chunk_rows = padded(-(-padded(B, MR) // chunks), MR)
     p = fastrnn.get_cell(cell).init_params(H, H, "float32")
     x = np.random.default_rng(0).standard_normal((100, B, H)).astype(np.float32)
     dh = np.ones((100, B, H), np.float32)
@@ -41,7 +40,7 @@ def step_time(cell, B, H, chunks):
 
 
 def main():
-    saved = numba_backend.chunk_size
+    saved = fastrnn.config.chunk_rows
     print(f"{'cell':6s} {'B':>4s} {'H':>5s} {'1 chunk ms':>11s} {'2 chunks ms':>12s}  ratio")
     try:
         for cell in ("lstm", "gru"):
@@ -52,7 +51,7 @@ def main():
                     print(f"{cell:6s} {B:4d} {H:5d} {one * 1e3:11.3f} {two * 1e3:12.3f}  "
                           f"{two / one:5.2f}", flush=True)
     finally:
-        numba_backend.chunk_size = saved
+        fastrnn.config.chunk_rows = saved
 
 
 if __name__ == "__main__":

@@ -40,8 +40,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fastrnn.backends.numba_gemm import pack_panels, packed_gemm  # noqa: E402
-from fastrnn.sysinfo import gemm_peak              # noqa: E402
+from fastrnn.backends.numba.gemm import pack_panels, packed_gemm  # noqa: E402
+from fastrnn.tools.sysinfo import gemm_peak              # noqa: E402
 from train_loop import (CELLS, CharLM, _limit_threads, markov_batches,  # noqa: E402
                         train_steps, write_json)
 

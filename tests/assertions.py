@@ -1,16 +1,11 @@
-"""Test-side tolerances: the package's (fastrnn/tolerances.py) plus finite differences.
+"""Assertions that compare results by the tolerances of :mod:`fastrnn.core.tolerances`.
 
-Errors are relative norms, ||a - b|| / ||b||, of whole arrays (see :func:`rel_err`).
+Errors are relative norms, ||a - b|| / ||b||, of whole arrays (see ``rel_err``).
 """
 
 import numpy as np
 
-# The numbers live in the package so `fastrnn check` and `fastrnn bench` use the same ones.
-from fastrnn.tolerances import TOLERANCES, TORCH_TOLERANCES, rel_err  # noqa: F401
-
-# Central finite differences in float64: truncation O(eps^2) and rounding O(1e-16/eps).
-FD_EPS = 1e-6
-FD_TOLERANCE = 1e-6
+from fastrnn.core.tolerances import (FLOAT32_CONDITIONING_FACTOR, TOLERANCES, rel_err)
 
 
 def assert_close(a, b, dtype, kind, what="", table=TOLERANCES):
@@ -19,12 +14,6 @@ def assert_close(a, b, dtype, kind, what="", table=TOLERANCES):
     err = rel_err(a, b)
     assert err <= tol, f"{what}: relative error {err:.3e} > {tol:.0e} ({np.dtype(dtype).name}, {kind})"
     return err
-
-
-# How many times the float32 reference's own error (against float64 on the same inputs) a
-# float32 backend may add on top of the tolerance. Matters only for ill-conditioned
-# problems (saturated gates), where no float32 code can meet a fixed relative bound.
-FLOAT32_CONDITIONING_FACTOR = 4.0
 
 
 def assert_matches_reference(a, ref, ref64, dtype, kind, what="", perturbed=None):

@@ -10,6 +10,7 @@ import pytest
 
 import fastrnn
 from fastrnn.backends import BackendUnavailableError, get_backend
+from fastrnn.tools.problems import random_problem
 
 FAST_BACKENDS = ["numba", "cupy"]
 OPTIONAL_BACKENDS = {"cupy"}
@@ -39,18 +40,10 @@ def rng(request):
 
 
 def make_problem(rng, cell, T, B, I, H, dtype="float64", lengths=False, states=False):
-    """Random inputs for one forward call: (x (T,B,I), params, h0, c0, lengths)."""
-    spec = fastrnn.get_cell(cell)
-    params = {k: (rng.uniform(-1, 1, s) / np.sqrt(H)).astype(dtype)
-              for k, s in spec.param_shapes(I, H).items()}
-    x = rng.standard_normal((T, B, I)).astype(dtype)
-    h0 = rng.standard_normal((B, H)).astype(dtype) * 0.5 if states else None
-    c0 = (rng.standard_normal((B, H)).astype(dtype) * 0.5
-          if states and spec.has_cell_state else None)
-    lens = rng.integers(1, T + 1, size=B) if lengths else None
-    if lengths and B > 1:
-        lens[0] = T          # the longest sequence is full length, as in a padded batch
-    return x, params, h0, c0, lens
+    """Random inputs for one forward call: (x (T,B,I), params, h0, c0, lengths), from the
+    package's one problem builder (:func:`fastrnn.tools.problems.random_problem`)."""
+    p = random_problem(rng, cell, T, B, I, H, dtype, lengths=lengths, states=states)
+    return p.x, p.params, p.h0, p.c0, p.lengths
 
 
 # ---------------------------------------------------------------- appended helpers
@@ -67,11 +60,7 @@ def any_backend(request):
 
 def make_upstream(rng, cell, T, B, H, dtype="float64"):
     """Random upstream gradients (dh (T,B,H), dh_n (B,H), dc_n (B,H) or None) for one forward."""
-    spec = fastrnn.get_cell(cell)
-    dh = rng.standard_normal((T, B, H)).astype(dtype)
-    dh_n = rng.standard_normal((B, H)).astype(dtype)
-    dc_n = rng.standard_normal((B, H)).astype(dtype) if spec.has_cell_state else None
-    return dh, dh_n, dc_n
+    return random_problem(rng, cell, T, B, 1, H, dtype).upstream
 
 
 def run_both(cell, x, params, h0, c0, lengths, reverse, dh, dh_n, dc_n, backend, **kwargs):

@@ -2,7 +2,7 @@
 
 Each test runs once per fast backend (the ``backend`` fixture of conftest: numba, and cupy
 where a GPU works) on fresh random inputs and compares with ``backend="numpy"`` through
-:func:`tolerances.assert_close`: forward outputs and states, and every gradient, for all
+:func:`assertions.assert_close`: forward outputs and states, and every gradient, for all
 cells, both float dtypes, with and without lengths, reverse and initial states; upstream
 gradients given in every combination; inference mode; odd sizes; batch_first, strided
 and unbatched input; the readout; a chain of single steps (autoregressive decoding)
@@ -11,14 +11,16 @@ against the whole sequence; and how ``backend="auto"`` chooses.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
 import fastrnn
 from fastrnn.backends import auto_backend_name
-from fastrnn.cells import CELLS
+from fastrnn.core.cells import CELLS
 from conftest import make_problem, make_upstream, record_error, require_backend
-from tolerances import assert_close
+from assertions import assert_close
 
 MODES = {"plain": (False, False), "lengths": (True, False), "reverse": (False, True),
          "lengths+reverse": (True, True)}
@@ -248,7 +250,7 @@ def test_single_step_chain_equals_whole_sequence(any_backend, rng, cell, reverse
 
 def test_auto_picks_numba_for_numpy_arrays(monkeypatch):
     require_backend("numba")          # a hard dependency: missing numba fails here
-    monkeypatch.delenv("FASTRNN_BACKEND", raising=False)
+    monkeypatch.setattr(fastrnn.config, "backend", "auto")
     rng = np.random.default_rng(0)
     x, params, h0, c0, _ = make_problem(rng, "gru", 3, 2, 2, 3)
     assert auto_backend_name(x) == "numba"
@@ -260,15 +262,27 @@ def test_auto_picks_numba_for_numpy_arrays(monkeypatch):
 def test_environment_variable_overrides_auto(backend, monkeypatch):
     rng = np.random.default_rng(1)
     x, params, h0, c0, _ = make_problem(rng, "lstm", 3, 2, 2, 3)
-    monkeypatch.setenv("FASTRNN_BACKEND", "numpy")
+    monkeypatch.setattr(fastrnn.config, "backend", "numpy")
     assert fastrnn.forward("lstm", x, params, backend="auto").tape.backend.name == "numpy"
     # an explicit name is not a default: it wins over the variable
     res = fastrnn.forward("lstm", x, params, backend=backend)
     assert res.tape.backend.name == backend
-    monkeypatch.setenv("FASTRNN_BACKEND", backend)
+    monkeypatch.setattr(fastrnn.config, "backend", backend)
     assert fastrnn.forward("lstm", x, params).tape.backend.name == backend
     layer = fastrnn.LSTM(2, 3, dtype="float64")
     assert layer(x).tape.backend.name == backend
+
+
+def test_environment_variables_set_the_config_at_import():
+    import subprocess
+    import sys
+    code = ("import fastrnn; c = fastrnn.config; "
+            "print(c.backend, c.workspace_mb, c.cupy_persistent)")
+    env = dict(os.environ, FASTRNN_BACKEND="numpy", FASTRNN_WORKSPACE_MB="12.5",
+               FASTRNN_CUPY_PERSISTENT="Auto")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, timeout=120, check=True).stdout.split()
+    assert out == ["numpy", "12.5", "auto"]
 
 
 def test_tape_refused_by_another_backend(backend):
@@ -303,9 +317,7 @@ def test_batch_split_over_threads(backend, cell, dtype, rng, monkeypatch):
     """A batch split into several thread chunks (5 of 8 rows here, whatever the number of
     cores), not a multiple of the tile height, with lengths and reverse: the chunks must
     not see each other's rows."""
-    if backend == "numba":
-        from fastrnn.backends import numba_backend
-        monkeypatch.setattr(numba_backend, "chunk_size", lambda B: 8)
+    monkeypatch.setattr(fastrnn.config, "chunk_rows", 8)
     T, B, I, H = 5, 37, 6, 9
     x, params, h0, c0, lens = make_problem(rng, cell, T, B, I, H, dtype, lengths=True,
                                            states=True)
@@ -321,5 +333,10 @@ def test_batch_split_over_threads(backend, cell, dtype, rng, monkeypatch):
         g = fastrnn.backward(res.tape, dh, dh_n, dc_n)
         assert_close(g.dx, g_ref.dx, dtype, "grad", "dx")
         assert_close(g.dh0, g_ref.dh0, dtype, "grad", "dh0")
+        if ref.c_n is not None:                 # the LSTM cell state must not leak either
+            assert_close(res.c_n, ref.c_n, dtype, "forward", "c_n")
+            assert_close(g.dc0, g_ref.dc0, dtype, "grad", "dc0")
+        else:
+            assert res.c_n is None and g.dc0 is None
         for k in g_ref.params:
             assert_close(g.params[k], g_ref.params[k], dtype, "grad", f"d{k}")

@@ -13,11 +13,11 @@ import pytest
 
 import fastrnn
 from fastrnn import backends as registry
-from fastrnn import benchmark as bm
-from fastrnn import report
+from fastrnn.tools import benchmark as bm
+from fastrnn.tools import report
 from fastrnn.backends import Backend, register_backend
-from fastrnn.backends.numpy_ref import NumpyBackend
-from fastrnn.cli import bench_config, build_parser, main
+from fastrnn.backends.numpy import NumpyBackend
+from fastrnn.tools.cli import bench_config, build_parser, main
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = "4x2x3x5"      # T x B x I x H
@@ -265,7 +265,7 @@ def test_bench_flags_a_backend_that_disagrees_and_exits_1(extra_backends, tmp_pa
         nudged = recs[("nudged", mode)]
         assert nudged["status"] == "error" and nudged["agrees"] is False
         assert f"{what} disagrees with the numpy reference" in nudged["note"]
-        assert nudged["rel_err"] == pytest.approx(0.01, rel=1e-6)
+        assert nudged["rel_err"] == pytest.approx(0.01, rel=1e-4)   # 1.01 in float32 arithmetic
         nan = recs[("nan", mode)]
         assert nan["status"] == "error" and nan["rel_err"] is None     # NaN written as null
         assert recs[("numpy", mode)]["status"] == "ok"
@@ -345,7 +345,7 @@ def test_rounds_stop_at_the_budget_after_min_rounds():
 
 
 def test_parse_size():
-    from fastrnn.benchmark import parse_size
+    from fastrnn.tools.benchmark import parse_size
     assert parse_size(" Large ").dims == (50, 64, 512, 512)
     assert parse_size("7x1x2x3").name == "7x1x2x3"
     for bad in ("7x1x2", "7x1x2x3x4", "7x1x-2x3", "axbxcxd", ""):

@@ -21,12 +21,14 @@ from hypothesis import strategies as st  # noqa: E402
 
 import fastrnn  # noqa: E402
 from fastrnn import convert  # noqa: E402
+from fastrnn.tools import problems  # noqa: E402
 pytestmark = pytest.mark.filterwarnings(
     # Keras internals call np.array(tensor) in a way NumPy 2 deprecates; not ours to fix.
     "ignore:__array__ implementation doesn.t accept a copy keyword:DeprecationWarning")
 
 from conftest import record_error  # noqa: E402
-from tolerances import TORCH_TOLERANCES, assert_close, rel_err  # noqa: E402
+from fastrnn.core.tolerances import TORCH_TOLERANCES, rel_err  # noqa: E402
+from assertions import assert_close  # noqa: E402
 
 TORCH_CELLS = ["rnn_tanh", "rnn_relu", "lstm", "gru"]
 KERAS_CELLS = ["rnn_tanh", "rnn_relu", "lstm", "gru", "gru_reset_before"]
@@ -35,8 +37,7 @@ ALL_CELLS = list(fastrnn.CELLS)
 
 
 def random_params(rng, cell, I, H, dtype="float64"):
-    spec = fastrnn.get_cell(cell)
-    return {k: rng.uniform(-1, 1, s).astype(dtype) for k, s in spec.param_shapes(I, H).items()}
+    return problems.random_params(rng, cell, I, H, dtype, scale=1.0)
 
 
 def assert_params_equal(a, b):
@@ -454,7 +455,7 @@ class TestKerasErrors:
 
 
 # ----------------------------------------------------------------------- course notebooks
-# Direct transcriptions of the notebooks' forward cells (user-code/ beside DESIGN.md):
+# Direct transcriptions of the notebooks' forward cells (../shared/user-code/):
 # the oracle for the notebook layouts.
 
 def _sigmoid(x):

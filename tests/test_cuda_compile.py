@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from fastrnn.backends import cupy_backend as cb
+from fastrnn.backends.cupy import nvrtc as cb
 
 REPO = Path(__file__).resolve().parents[1]
 KERNEL_DIR = REPO / "kernels"
@@ -148,8 +148,9 @@ def test_backend_imports_without_cupy_and_says_why():
         import sys
         sys.modules["cupy"] = None           # any `import cupy` now raises ImportError
         import fastrnn
-        from fastrnn.backends import cupy_backend, get_backend, BackendUnavailableError
-        reason = cupy_backend.CupyBackend.unavailable_reason()
+        from fastrnn.backends import get_backend, BackendUnavailableError
+        from fastrnn.backends.cupy import CupyBackend
+        reason = CupyBackend.unavailable_reason()
         assert isinstance(reason, str) and "CuPy is not installed" in reason, reason
         try:
             get_backend("cupy")
@@ -171,7 +172,7 @@ def test_kernel_sources_found_in_an_installed_package(tmp_path):
     shutil.copytree(KERNEL_DIR, site / "fastrnn" / "kernels")
     proc = _run_python("""
         from pathlib import Path
-        from fastrnn.backends import cupy_backend as cb
+        from fastrnn.backends.cupy import nvrtc as cb
         print(Path(str(cb.kernel_dir())).resolve())
         assert "lstm_forward" in cb.kernel_source("lstm")
     """, {"PYTHONPATH": str(site)}, cwd=tmp_path)
@@ -184,7 +185,7 @@ def test_missing_kernel_sources_are_reported(tmp_path):
     shutil.copytree(REPO / "fastrnn", site / "fastrnn",
                     ignore=shutil.ignore_patterns("__pycache__"))
     proc = _run_python("""
-        from fastrnn.backends import cupy_backend as cb
+        from fastrnn.backends.cupy import nvrtc as cb
         try:
             cb.kernel_dir()
         except FileNotFoundError as exc:

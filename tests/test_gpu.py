@@ -16,7 +16,8 @@ import pytest
 
 import fastrnn
 from conftest import make_problem, make_upstream, require_backend
-from tolerances import TOLERANCES, TORCH_TOLERANCES, assert_close
+from fastrnn.core.tolerances import TOLERANCES, TORCH_TOLERANCES
+from assertions import assert_close
 
 pytestmark = pytest.mark.gpu
 
@@ -138,7 +139,7 @@ def test_nan_in_padding_does_not_leak(cp, rng, cell, reverse):
 
 def _tolerance_16(dtype: str):
     if dtype not in TOLERANCES:
-        pytest.fail(f"fastrnn/tolerances.py has no TOLERANCES[{dtype!r}] entry (forward, "
+        pytest.fail(f"fastrnn/core/tolerances.py has no TOLERANCES[{dtype!r}] entry (forward, "
                     f"grad) for the GPU's 16-bit storage")
     return TOLERANCES
 
@@ -212,6 +213,44 @@ def test_runs_on_the_current_stream(cp, rng, cell):
         assert np.array_equal(a.get(), base[name]), f"{name} differs on another stream"
 
 
+_SPIN = r"""
+extern "C" __global__ void spin(long long cycles) {
+    long long start = clock64();
+    while (clock64() - start < cycles) { }
+}
+"""
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_work_is_queued_behind_the_current_stream(cp, rng, cell):
+    """The kernels really go to the current stream: queued behind a half-second spin on a
+    non-blocking stream, an inference forward has written nothing when its output is read
+    from a third stream, and everything once that stream is synchronised.
+
+    The output's memory is first NaN: a block of its size, filled and freed on the stream,
+    which CuPy's stream-aware pool hands to the forward's first allocation of that size.
+    """
+    T, B, I, H = 12, 16, 32, 64
+    x, params, h0, c0, _ = make_problem(rng, cell, T, B, I, H, "float32", states=True)
+    args = _to_device(cp, x, params, h0, c0)
+    base = fastrnn.forward(cell, *args, backend="cupy", training=False).h.get()
+    spin = cp.RawKernel(_SPIN, "spin")
+    clock_khz = cp.cuda.runtime.deviceGetAttribute(cp.cuda.runtime.cudaDevAttrClockRate,
+                                                   cp.cuda.runtime.getDevice())
+    stream, reader = cp.cuda.Stream(non_blocking=True), cp.cuda.Stream(non_blocking=True)
+    with stream:
+        poison = cp.full((T, B, H), cp.nan, dtype=cp.float32)
+        del poison
+        spin((1,), (1,), (np.int64(clock_khz * 500),))           # about 0.5 s
+        res = fastrnn.forward(cell, *args, backend="cupy", training=False)
+    early = cp.asnumpy(res.h, stream=reader)
+    reader.synchronize()
+    assert not stream.done, "the spin ended before the check; the test cannot tell"
+    assert np.isnan(early).all(), "the forward did not wait behind the current stream's work"
+    stream.synchronize()
+    assert np.array_equal(res.h.get(), base)
+
+
 def test_tape_checksum_sees_device_arrays_changed_in_place(cp, rng):
     x, params, h0, c0, _ = make_problem(rng, "lstm", 4, 3, 5, 6, "float32")
     xd, pd = _to_device(cp, x, params)
@@ -222,14 +261,14 @@ def test_tape_checksum_sees_device_arrays_changed_in_place(cp, rng):
 
 
 def test_each_kernel_is_compiled_once(cp, rng):
-    from fastrnn.backends import cupy_backend
+    from fastrnn.backends.cupy import nvrtc
     x, params, h0, c0, lens = make_problem(rng, "gru", 4, 3, 5, 6, "float32", lengths=True)
     args = _to_device(cp, x, params) + [None, None, lens, True, None, cp.ones((3, 6), "f4"),
                                         None]
     _run("gru", *args)
-    modules = dict(cupy_backend._modules)
+    modules = dict(nvrtc._modules)
     _run("gru", *args)
-    assert cupy_backend._modules == modules, "a second call compiled again"
+    assert nvrtc._modules == modules, "a second call compiled again"
 
 
 # ------------------------------------------------------------------------------ cuDNN
@@ -296,7 +335,7 @@ PERSISTENT_CELLS = ["rnn_tanh", "rnn_relu", "lstm", "gru"]
 
 
 def _persistent_fits(cell, B, H, dtype):
-    from fastrnn.backends import cupy_backend as cb
+    from fastrnn.backends.cupy import persistent as cb
     spec = fastrnn.get_cell(cell)
     return all(cb.persistent_plan(spec, B, H, np.dtype(dtype), backward=bw) is not None
                for bw in (False, True))
@@ -309,8 +348,8 @@ def _persistent_fits(cell, B, H, dtype):
 def test_persistent_kernels_match_the_reference(cp, rng, monkeypatch, cell, B, H, dtype):
     """All steps in one cooperative launch (FASTRNN_CUPY_PERSISTENT=1), forward, backward
     and inference, with lengths and reverse, against the NumPy reference."""
-    from fastrnn.backends import cupy_backend as cb
-    monkeypatch.setenv(cb.PERSIST_ENV, "1")
+    from fastrnn.backends.cupy import persistent as cb
+    monkeypatch.setattr(fastrnn.config, "cupy_persistent", "1")
     if not _persistent_fits(cell, B, H, dtype):
         pytest.skip(f"B={B}, H={H}, {dtype}: U's slices do not fit this GPU's shared memory "
                     f"on one block per multiprocessor (they do on an H100 / H200)")
@@ -334,8 +373,8 @@ def test_persistent_kernels_match_the_reference(cp, rng, monkeypatch, cell, B, H
 @pytest.mark.parametrize("cell", PERSISTENT_CELLS)
 def test_persistent_kernels_are_deterministic(cp, rng, monkeypatch, cell):
     """The cross-block sums are added in a fixed order: same inputs, same bits."""
-    from fastrnn.backends import cupy_backend as cb
-    monkeypatch.setenv(cb.PERSIST_ENV, "1")
+    from fastrnn.backends.cupy import persistent as cb
+    monkeypatch.setattr(fastrnn.config, "cupy_persistent", "1")
     B, H = 8, 256
     assert _persistent_fits(cell, B, H, "float32")
     x, params, h0, c0, lens = make_problem(rng, cell, 30, B, 64, H, "float32", lengths=True,
@@ -348,8 +387,8 @@ def test_persistent_kernels_are_deterministic(cp, rng, monkeypatch, cell):
 
 
 def test_persistent_mode_leaves_gru_reset_before_on_the_per_step_path(cp, rng, monkeypatch):
-    from fastrnn.backends import cupy_backend as cb
-    monkeypatch.setenv(cb.PERSIST_ENV, "1")
+    from fastrnn.backends.cupy import persistent as cb
+    monkeypatch.setattr(fastrnn.config, "cupy_persistent", "1")
     assert cb.persistent_plan(fastrnn.get_cell("gru_reset_before"), 4, 64,
                               np.dtype("float32"), backward=False) is None
     x, params, h0, c0, lens = make_problem(rng, "gru_reset_before", 6, 4, 8, 64, "float64",

@@ -14,9 +14,11 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import fastrnn
-from fastrnn.cells import CELLS
+from fastrnn.core.cells import CELLS
+from fastrnn.tools.problems import random_params
 from conftest import make_upstream, record_error
-from tolerances import FD_EPS, FD_TOLERANCE, assert_matches_reference
+from fastrnn.core.tolerances import FD_EPS, FD_TOLERANCE
+from assertions import assert_matches_reference
 
 SIZES = st.integers(1, 5)
 
@@ -33,8 +35,7 @@ def problems(draw, dtypes=("float32", "float64")):
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     spec = CELLS[cell]
     scale = draw(st.sampled_from([0.3, 1.0, 3.0]))      # mild to saturating gates
-    params = {k: (rng.uniform(-1, 1, s) * scale).astype(dtype)
-              for k, s in spec.param_shapes(I, H).items()}
+    params = random_params(rng, spec, I, H, dtype, scale)
     x = rng.standard_normal((T, B, I)).astype(dtype)
     h0 = (rng.standard_normal((B, H)) * 0.5).astype(dtype) if states else None
     c0 = ((rng.standard_normal((B, H)) * 0.5).astype(dtype)

@@ -19,9 +19,10 @@ import pytest
 import torch
 
 import fastrnn
-from fastrnn.cells import CELLS
+from fastrnn.core.cells import CELLS
 from conftest import make_upstream, record_error
-from tolerances import FD_EPS, FD_TOLERANCE, TORCH_TOLERANCES, assert_close, rel_err
+from fastrnn.core.tolerances import FD_EPS, FD_TOLERANCE, TORCH_TOLERANCES, rel_err
+from assertions import assert_close
 
 
 def _record(kind: str, err: float) -> float:

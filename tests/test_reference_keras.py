@@ -25,7 +25,8 @@ pytestmark = pytest.mark.filterwarnings(
     # Keras internals call np.array(tensor) in a way NumPy 2 deprecates; not ours to fix.
     "ignore:__array__ implementation doesn.t accept a copy keyword:DeprecationWarning")
 
-from tolerances import TORCH_TOLERANCES, assert_close  # noqa: E402
+from fastrnn.core.tolerances import TORCH_TOLERANCES  # noqa: E402
+from assertions import assert_close  # noqa: E402
 
 CELLS = ["gru_reset_before", "gru", "lstm", "rnn_tanh", "rnn_relu"]
 SHAPES = [(1, 1, 1, 1), (5, 3, 4, 6), (7, 2, 6, 3)]        # T, B, I, H

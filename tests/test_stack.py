@@ -1,7 +1,7 @@
-"""fastrnn.stack: multi-layer / bidirectional stacks over the core API, against torch.nn.
+"""fastrnn.stack_forward / Stack: multi-layer / bidirectional stacks over the core API, against torch.nn.
 
-The torch modules get the same weights (mapped by hand below, independently of
-fastrnn.convert) and the same upstream gradients; outputs, final states and every
+The torch modules get the same weights (through fastrnn.convert, itself tested against
+torch in test_convert.py) and the same upstream gradients; outputs, final states and every
 gradient must agree to TORCH_TOLERANCES. Dropout cannot match torch's RNG, so it is checked
 structurally: the masks on the tape, applied between single torch layers, must reproduce
 the stack exactly, and the masks themselves must have the right statistics.
@@ -13,10 +13,12 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import fastrnn
-from fastrnn.stack import (Stack, StackGradients, StackResult, dropout_mask, init_stack_params,
+from fastrnn.interop.biases import fold_gradients
+from fastrnn.layers.stack import (Stack, StackGradients, StackResult, dropout_mask, init_stack_params,
                            stack_backward, stack_forward)
 from conftest import require_backend
-from tolerances import TORCH_TOLERANCES, assert_close
+from fastrnn.core.tolerances import TORCH_TOLERANCES
+from assertions import assert_close
 
 CELLS = ["lstm", "gru", "rnn_tanh", "rnn_relu"]
 TORCH_CLASS = {"lstm": (torch.nn.LSTM, {}), "gru": (torch.nn.GRU, {}),
@@ -39,23 +41,9 @@ def torch_twin(cell, L, D, dtype=torch.float64, seed=0):
 
 def params_from_torch(module, cell):
     """torch.nn weights -> the stack's params, a list over layers of tuples over directions."""
-    sd = {k: v.detach().numpy().copy() for k, v in module.state_dict().items()}
     D = 2 if module.bidirectional else 1
-    out = []
-    for l in range(module.num_layers):
-        row = []
-        for d in range(D):
-            s = f"_l{l}" + ("_reverse" if d else "")
-            b_ih, b_hh = sd["bias_ih" + s], sd["bias_hh" + s]
-            p = {"W": sd["weight_ih" + s].T.copy(), "U": sd["weight_hh" + s].T.copy()}
-            if cell == "gru":
-                p["b"] = b_ih + np.concatenate([b_hh[:2 * H], np.zeros(H, b_hh.dtype)])
-                p["bn"] = b_hh[2 * H:].copy()
-            else:
-                p["b"] = b_ih + b_hh
-            row.append(p)
-        out.append(tuple(row))
-    return out
+    return [tuple(fastrnn.convert.from_torch(module, layer=l, reverse=d == 1).params
+                  for d in range(D)) for l in range(module.num_layers)]
 
 
 def torch_run(module, x, h0, c0, lengths, dh, dh_n, dc_n):
@@ -84,25 +72,22 @@ def torch_run(module, x, h0, c0, lengths, dh, dh_n, dc_n):
     return out, h_n, c_n, grads
 
 
-def torch_param_grads(module, cell):
-    """The torch parameter gradients mapped to fastrnn's layout (dW = dweight_ih.T, ...)."""
-    g = {k: v.grad.numpy() for k, v in module.named_parameters()}
-    D = 2 if module.bidirectional else 1
-    out = []
-    for l in range(module.num_layers):
-        row = []
-        for d in range(D):
+def torch_param_grads(module):
+    """torch's parameter gradients, by parameter name."""
+    return {k: v.grad.numpy() for k, v in module.named_parameters()}
+
+
+def as_torch_grads(cell, params):
+    """The stack's parameter gradients mapped to torch's names: dweight_ih = dW.T, ...,
+    the bias gradients through the fold of fastrnn.interop.biases."""
+    spec = fastrnn.get_cell(cell)
+    out = {}
+    for l, row in enumerate(params):
+        for d, p in enumerate(row):
             s = f"_l{l}" + ("_reverse" if d else "")
-            p = {"W": g["weight_ih" + s].T, "U": g["weight_hh" + s].T}
-            if cell == "gru":
-                p["b"] = g["bias_ih" + s]
-                p["bn"] = g["bias_hh" + s][2 * H:]
-                np.testing.assert_allclose(g["bias_hh" + s][:2 * H], g["bias_ih" + s][:2 * H],
-                                           rtol=1e-12, atol=1e-14)
-            else:
-                p["b"] = g["bias_ih" + s]
-            row.append(p)
-        out.append(tuple(row))
+            db_ih, db_hh = fold_gradients(spec, p["b"], p.get("bn"))
+            out.update({"weight_ih" + s: p["W"].T, "weight_hh" + s: p["U"].T,
+                        "bias_ih" + s: db_ih, "bias_hh" + s: db_hh})
     return out
 
 
@@ -147,14 +132,13 @@ def test_stack_matches_torch(cell, L, D, mode, cpu_backend):
         assert_close(g.dc0, user(g_t["dc0"].numpy(), "state"), kind="grad", what="dc0", **tol)
     else:
         assert res.c_n is None and g.dc0 is None
-    expected = torch_param_grads(module, cell)
     assert len(g.params) == L
     for l in range(L):
         assert isinstance(g.params[l], tuple) and len(g.params[l]) == D
-        for d in range(D):
-            for k, v in expected[l][d].items():
-                assert_close(g.params[l][d][k], v, kind="grad", what=f"params[{l}][{d}][{k}]",
-                             **tol)
+    expected, got = torch_param_grads(module), as_torch_grads(cell, g.params)
+    assert got.keys() == expected.keys()
+    for k, v in expected.items():
+        assert_close(got[k], v, kind="grad", what=f"d{k}", **tol)
 
 
 def test_stack_float32_matches_torch(cpu_backend):
@@ -172,8 +156,9 @@ def test_stack_float32_matches_torch(cpu_backend):
     assert_close(res.h, out_t.detach().numpy(), kind="forward", what="h", **tol)
     assert_close(res.c_n, cn_t.detach().numpy(), kind="forward", what="c_n", **tol)
     assert_close(g.dx, g_t["dx"].numpy(), kind="grad", what="dx", **tol)
-    expected = torch_param_grads(module, "lstm")
-    assert_close(g.params[1][1]["U"], expected[1][1]["U"], kind="grad", what="dU", **tol)
+    expected = torch_param_grads(module)
+    assert_close(g.params[1][1]["U"].T, expected["weight_hh_l1_reverse"], kind="grad",
+                 what="dU", **tol)
 
 
 @pytest.mark.parametrize("cell", CELLS + ["gru_reset_before"])
@@ -204,16 +189,8 @@ def _torch_layers(cell, params, D):
     mods = []
     for l, row in enumerate(params):
         m = cls(row[0]["W"].shape[0], H, bidirectional=D == 2, dtype=torch.float64, **kw)
-        with torch.no_grad():
-            for d, p in enumerate(row):
-                s = "_l0" + ("_reverse" if d else "")
-                getattr(m, "weight_ih" + s).copy_(torch.tensor(p["W"].T))
-                getattr(m, "weight_hh" + s).copy_(torch.tensor(p["U"].T))
-                b_hh = np.zeros_like(p["b"])
-                if cell == "gru":
-                    b_hh[2 * H:] = p["bn"]
-                getattr(m, "bias_ih" + s).copy_(torch.tensor(p["b"]))
-                getattr(m, "bias_hh" + s).copy_(torch.tensor(b_hh))
+        for d, p in enumerate(row):
+            fastrnn.convert.to_torch(cell, p, m, reverse=d == 1)
         mods.append(m)
     return mods
 

@@ -20,7 +20,8 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import fastrnn.torch as frt
 from conftest import require_backend
-from tolerances import TORCH_TOLERANCES, assert_close
+from fastrnn.core.tolerances import GRADCHECK, SAME_ARITHMETIC, TORCH_TOLERANCES
+from assertions import assert_close
 
 # name -> (fastrnn.torch class, torch.nn class, extra constructor kwargs)
 KINDS = {"lstm": (frt.LSTM, torch.nn.LSTM, {}), "gru": (frt.GRU, torch.nn.GRU, {}),
@@ -169,7 +170,7 @@ def _gradcheck(mod, kind, x, states, lengths=None):
         return (out,) + (tuple(hn) if kind == "lstm" else (hn,))
 
     inputs = [x.requires_grad_()] + [s.requires_grad_() for s in states] + params
-    assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-7, rtol=1e-5)
+    assert torch.autograd.gradcheck(f, inputs, **GRADCHECK)
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
@@ -229,7 +230,7 @@ def test_dropout_eval_equals_torch(rng):
     x = torch.tensor(rng.standard_normal((T, B, I)), requires_grad=True)
     x2 = x.detach().clone().requires_grad_()
     (a, _), (b, _) = mod(x), ref(x2)
-    torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    torch.testing.assert_close(a, b, **SAME_ARITHMETIC)
     a.sum().backward()
     b.sum().backward()
     assert_close(x.grad, x2.grad, "float64", "grad", "dinput", table=TORCH_TOLERANCES)
@@ -287,7 +288,7 @@ def test_dropout_train_behaviour(rng):
     top.load_state_dict({k.replace("_l1", "_l0"): v for k, v in full.state_dict().items()
                          if "_l1" in k})
     torch.testing.assert_close(full(x)[0], top(torch.zeros(T, B, H, dtype=torch.float64))[0],
-                               rtol=0, atol=1e-12)
+                               **SAME_ARITHMETIC)
 
 
 def test_dropout_warning_and_errors():
@@ -308,7 +309,7 @@ def test_no_grad_and_inference_mode(rng):
     with torch.inference_mode():
         b, _ = mod(x)
     torch.testing.assert_close(a, b, rtol=0, atol=0)
-    torch.testing.assert_close(a, ref(x)[0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(a, ref(x)[0], **SAME_ARITHMETIC)
 
 
 def test_inplace_changes_before_backward_are_refused(rng):
@@ -332,7 +333,7 @@ def test_retain_graph_and_second_backward(rng):
     out.sum().backward(retain_graph=True)
     g1 = x.grad.clone()
     out.sum().backward()
-    torch.testing.assert_close(x.grad, 2 * g1, rtol=1e-12, atol=0)
+    torch.testing.assert_close(x.grad, 2 * g1, **SAME_ARITHMETIC)
     with pytest.raises(RuntimeError, match="backward through the graph a second time"):
         out.sum().backward()
 

@@ -18,9 +18,10 @@ import pytest
 import fastrnn
 from fastrnn import backends as backends_mod
 from fastrnn.backends import Backend, BackendUnavailableError
-from fastrnn.cells import CELLS, sigmoid
+from fastrnn.core.cells import CELLS, sigmoid
 from conftest import make_problem, make_upstream, run_both
-from tolerances import TOLERANCES, assert_close
+from fastrnn.core.tolerances import TOLERANCES
+from assertions import assert_close
 
 T, B, I, H = 4, 3, 2, 5
 
@@ -217,8 +218,8 @@ def test_backend_not_a_string():
         fastrnn.forward("lstm", x, params, backend=1)
 
 
-def test_unknown_backend_from_environment(monkeypatch):
-    monkeypatch.setenv("FASTRNN_BACKEND", "tpu")
+def test_unknown_backend_from_config(monkeypatch):
+    monkeypatch.setattr(fastrnn.config, "backend", "tpu")
     x, params, *_ = _problem("lstm")
     with pytest.raises(ValueError, match=r"^backend: unknown backend 'tpu'"):
         fastrnn.forward("lstm", x, params)

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 import fastrnn
-from fastrnn.backends import workspace
+from fastrnn.backends.numba import workspace
+from fastrnn.core import config
 
 from conftest import make_problem
 
@@ -57,7 +58,7 @@ def test_small_and_foreign_arrays_are_not_pooled():
 def test_limit_evicts_the_longest_idle_and_release_empties(monkeypatch):
     a, b = workspace.take(BIG, np.float32), workspace.take(BIG, np.float32)
     c = workspace.take((2,) + BIG, np.float32)
-    monkeypatch.setattr(workspace, "MAX_BYTES", 2 * a.nbytes)
+    monkeypatch.setattr(config, "workspace_mb", 2 * a.nbytes / (1 << 20))
     workspace.give(a, b)
     assert workspace.idle_bytes() == 2 * a.nbytes
     workspace.give(c)                                  # needs the room of both: they go
@@ -73,7 +74,7 @@ def test_limit_evicts_the_longest_idle_and_release_empties(monkeypatch):
 def test_changing_shapes_keep_the_recent_sizes(monkeypatch):
     """With shapes that change (bucketed lengths), the pool ends up holding what the latest
     passes use, within its limit."""
-    monkeypatch.setattr(workspace, "MAX_BYTES", 16 << 20)
+    monkeypatch.setattr(config, "workspace_mb", 16)
     for T in range(40, 120):
         small, big = workspace.take((T, 32, 128), np.float32), workspace.take((T, 32, 512),
                                                                              np.float32)
