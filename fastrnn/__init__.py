@@ -33,8 +33,9 @@ from .core.api import (ForwardResult, Gradients, ReadoutTape, Tape, backward,  #
 from .backends import (BackendUnavailableError, available_backends,  # noqa: E402
                        unavailable_reasons)
 from .core.cells import CELLS, get_cell  # noqa: E402
-from .layers import (GRU, LSTM, RNN, Layer, Stack, init_stack_params,  # noqa: E402
-                     stack_backward, stack_forward)
+from .core.prepared import PreparedWeights, prepare  # noqa: E402
+from .layers import (GRU, LSTM, RNN, Layer, Stack, Stepper,  # noqa: E402
+                     init_stack_params, stack_backward, stack_forward)
 
 __version__ = "0.1.0"
 
@@ -42,6 +43,7 @@ __all__ = ["forward", "backward", "readout", "readout_backward", "available_back
            "unavailable_reasons", "BackendUnavailableError", "ForwardResult", "Gradients",
            "Tape", "ReadoutTape", "LSTM", "GRU", "RNN", "Layer", "CELLS", "get_cell", "cells",
            "Stack", "init_stack_params", "stack_forward", "stack_backward", "config",
+           "prepare", "PreparedWeights", "Stepper",
            "convert", "__version__"]
 
 

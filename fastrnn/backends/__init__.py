@@ -20,7 +20,7 @@ from .base import Backend, BackwardOut, ForwardOut
 
 __all__ = ["Backend", "ForwardOut", "BackwardOut", "BackendUnavailableError", "register_backend", "unregister_backend",
            "get_backend", "available_backends", "unavailable_reasons", "backend_names",
-           "auto_backend_name"]
+           "auto_backend_name", "resolve"]
 
 class BackendUnavailableError(RuntimeError):
     """A known backend cannot run on this machine; the message says why."""
@@ -109,6 +109,18 @@ def available_backends() -> list[str]:
     """Names of the backends that can run here, e.g. ``["numpy", "numba"]``."""
     missing = unavailable_reasons()
     return [name for name in _REGISTRY if name not in missing]
+
+
+def resolve(backend, array=None) -> Backend:
+    """The backend object for a ``backend=`` argument: ``"auto"`` or None (chosen from the
+    type of ``array`` by :func:`auto_backend_name`), a registered name, or a backend object."""
+    if backend is None or backend == "auto":
+        backend = auto_backend_name(array)
+    if isinstance(backend, Backend):
+        return backend
+    if not isinstance(backend, str):
+        raise TypeError(f"backend: expected a backend name (str), got {type(backend).__name__}")
+    return get_backend(backend)
 
 
 def auto_backend_name(array) -> str:

@@ -1,11 +1,12 @@
 """The small protocol every backend implements.
 
 A backend receives arrays that the API layer has already validated: time-major
-``x (T, B, I)``, ``h0``/``c0`` ``(B, H)`` (``c0`` only for LSTM, else None), params of the
-shapes in :mod:`fastrnn.core.cells`, all contiguous, of one float dtype, on the backend's
-device; ``lengths`` is None (every sequence runs all T steps) or an int64 ``(B,)`` array
-with values in 1..T of which at least one is below T. It returns arrays of the same kind
-and never validates user input itself.
+``x (T, B, I)``, ``h0``/``c0`` ``(B, H)`` (``c0`` only for LSTM, else None), all
+contiguous, of one float dtype, on the backend's device; ``lengths`` is None (every
+sequence runs all T steps) or an int64 ``(B,)`` array with values in 1..T of which at least
+one is below T. The weights come as what its own :meth:`Backend.prepare` made of params
+of the shapes in :mod:`fastrnn.core.cells` (checked, contiguous, one dtype). It returns
+arrays of the same kind and never validates user input itself.
 """
 
 from __future__ import annotations
@@ -59,17 +60,31 @@ class Backend:
         """True if ``array`` lives where this backend computes (its array type)."""
         return isinstance(array, self.xp.ndarray)
 
-    def forward(self, cell: CellSpec, x, params: Mapping[str, Any], h0, c0, lengths,
-                reverse: bool, training: bool) -> ForwardOut:
+    def prepare(self, cell: CellSpec, params: Mapping[str, Any]) -> Any:
+        """The weights in the form :meth:`forward` and :meth:`backward` read, made once per
+        :func:`fastrnn.prepare` (and once per call for plain params). ``params`` are
+        checked, contiguous arrays of this backend that the result may keep; the default
+        keeps them as they are."""
+        return params
+
+    def forward(self, cell: CellSpec, x, weights, h0, c0, lengths, reverse: bool,
+                training: bool) -> ForwardOut:
+        """One pass over the sequence; ``weights`` is what :meth:`prepare` returned."""
         raise NotImplementedError
 
-    def backward(self, cell: CellSpec, saved, x, params: Mapping[str, Any], h0, c0,
-                 lengths, reverse: bool, dh, dh_n, dc_n) -> BackwardOut:
+    def backward(self, cell: CellSpec, saved, x, weights, h0, c0, lengths, reverse: bool,
+                 dh, dh_n, dc_n) -> BackwardOut:
         """Gradients of all inputs given the upstream gradients.
 
-        dh (T, B, H) or None, dh_n (B, H) or None, dc_n (B, H) or None (LSTM only).
+        dh (T, B, H) or None, dh_n (B, H) or None, dc_n (B, H) or None (LSTM only). The
+        parameter gradients have the keys and shapes of the params ``weights`` came from.
         """
         raise NotImplementedError
+
+    def stepper(self, cell: CellSpec, weights, batch_size: int, dtype) -> "StepRunner":
+        """A :class:`StepRunner` for streaming inference with these weights; the default
+        calls :meth:`forward` once per chunk."""
+        return StepRunner(self, cell, weights, batch_size, dtype)
 
     def readout(self, h2, Wy, by, activation: str):
         """y (N, n_y) = activation(h2 @ Wy + by) for h2 (N, H)."""
@@ -78,3 +93,26 @@ class Backend:
     def readout_backward(self, h2, Wy, y2, activation: str, dy2):
         """(dh2, dWy, dby) for dy2 = dL/dy (N, n_y)."""
         return readout_backward(self.xp, h2, Wy, y2, activation, dy2)
+
+
+class StepRunner:
+    """Streaming inference with state kept between calls: what :class:`fastrnn.Stepper`
+    drives. ``h`` and ``c`` (B, H) are the state (``c`` None unless lstm); callers write
+    them in place to reset. :meth:`run` takes a validated, contiguous (T, B, I) chunk and
+    returns its outputs (T, B, H), a fresh array. This default runs the backend's forward
+    on each chunk; a backend overrides it to keep its buffers from call to call."""
+
+    def __init__(self, backend: Backend, cell: CellSpec, weights, batch_size: int, dtype):
+        self.backend, self.cell, self.weights = backend, cell, weights
+        xp = backend.xp
+        H = self.hidden_size = int(weights["U"].shape[0])
+        self.h = xp.zeros((batch_size, H), dtype=dtype)
+        self.c = xp.zeros((batch_size, H), dtype=dtype) if cell.has_cell_state else None
+
+    def run(self, x):
+        out = self.backend.forward(self.cell, x, self.weights, self.h, self.c, None, False,
+                                   False)
+        self.h[...] = out.h_n
+        if self.c is not None:
+            self.c[...] = out.c_n
+        return out.h

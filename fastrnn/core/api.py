@@ -17,6 +17,7 @@ from ..backends.readout import READOUT_ACTIVATIONS
 from . import config
 from .arrays import is_cupy_array
 from .cells import get_cell
+from .prepared import PreparedWeights
 from .validation import (as_array, check_float, check_lengths, check_params, check_same_dtype,
                          check_sequence_input, check_shape, describe)
 
@@ -75,14 +76,15 @@ class Tape:
     touches more than a sliver.
     """
 
-    __slots__ = ("cell", "backend", "x", "params", "h0", "c0", "lengths", "reverse",
-                 "saved", "layout", "_digest")
+    __slots__ = ("cell", "backend", "x", "params", "weights", "h0", "c0", "lengths", "reverse",
+                 "saved", "layout", "_params_mutable", "_digest")
 
-    def __init__(self, cell, backend, x, params, h0, c0, lengths, reverse, saved, layout,
-                 guard=True):
+    def __init__(self, cell, backend, x, params, weights, h0, c0, lengths, reverse, saved,
+                 layout, guard=True, params_mutable=True):
         self.cell, self.backend = cell, backend
-        self.x, self.params, self.h0, self.c0 = x, params, h0, c0
+        self.x, self.params, self.weights, self.h0, self.c0 = x, params, weights, h0, c0
         self.lengths, self.reverse, self.saved, self.layout = lengths, reverse, saved, layout
+        self._params_mutable = params_mutable      # False for prepared weights: a snapshot
         self._digest = self._compute_digest() if guard else None
 
     def _arrays(self):
@@ -90,8 +92,9 @@ class Tape:
         yield "h0", self.h0
         if self.c0 is not None:
             yield "c0", self.c0
-        for k, v in self.params.items():
-            yield f"params[{k!r}]", v
+        if self._params_mutable:
+            for k, v in self.params.items():
+                yield f"params[{k!r}]", v
 
     def _compute_digest(self):
         return tuple(_digest(a) for _, a in self._arrays())
@@ -160,22 +163,29 @@ class _Layout:
         return xp.ascontiguousarray(a[None, :] if self.unbatched else a)
 
 
-def _pick_backend(backend, x):
-    if backend is None or backend == "auto":
-        backend = _backends.auto_backend_name(x)
-    if isinstance(backend, _backends.Backend):
-        return backend
-    if not isinstance(backend, str):
-        raise TypeError(f"backend: expected a backend name (str), got {type(backend).__name__}")
-    return _backends.get_backend(backend)
-
-
 def _check_state(xp, name, a, layout: _Layout):
     a = as_array(xp, name, a)
     check_shape(name, a, layout.state_shape(),
                 "H" if layout.unbatched else "(B, H): batch size and hidden size")
     check_same_dtype(name, a, layout.dtype)
     return layout.state_from_user(xp, a)
+
+
+def _weights_for(spec, params, backend, x):
+    """(backend, params dict, backend-prepared weights, whether params are a snapshot)."""
+    if isinstance(params, PreparedWeights):
+        if params.cell is not spec:
+            raise ValueError(f"params: prepared for cell {params.cell.name!r}, not "
+                             f"{spec.name!r}; prepare the weights of {spec.name!r}")
+        be = params.backend
+        if backend is not None and backend != "auto":
+            asked = _backends.resolve(backend, x)
+            if asked is not be:
+                raise ValueError(f"backend: the params were prepared for backend {be.name!r}, "
+                                 f"not {asked.name!r}; prepare them for {asked.name!r}")
+        return be, params.params, params.packed, False
+    be = _backends.resolve(backend, x)
+    return be, params, None, True
 
 
 def forward(cell, x, params, h0=None, c0=None, *, lengths=None, reverse=False,
@@ -186,7 +196,9 @@ def forward(cell, x, params, h0=None, c0=None, *, lengths=None, reverse=False,
         cell: ``"rnn_tanh"`` (alias ``"rnn"``), ``"rnn_relu"``, ``"lstm"``, ``"gru"`` or
             ``"gru_reset_before"``.
         x: (T, B, I) input; (B, T, I) with ``batch_first``; (T, I) unbatched. float32 or float64.
-        params: mapping name -> array, shapes as in :mod:`fastrnn.core.cells`, dtype of x.
+        params: mapping name -> array, shapes as in :mod:`fastrnn.core.cells`, dtype of x;
+            or :class:`~fastrnn.core.prepared.PreparedWeights` from :func:`fastrnn.prepare`
+            (checked and packed once; they choose the backend when ``backend="auto"``).
         h0, c0: initial states (B, H) ((H,) unbatched); zeros when None. c0 only for lstm.
         lengths: (B,) integers in 1..T; sequence b is valid for t < lengths[b].
         reverse: run each sequence from its last valid step back to its first.
@@ -194,16 +206,17 @@ def forward(cell, x, params, h0=None, c0=None, *, lengths=None, reverse=False,
         backend: ``"auto"``, ``"numpy"``, ``"numba"`` or ``"cupy"``.
         training: keep a tape for :func:`backward`; False keeps nothing.
         guard: checksum the inputs, so that :func:`backward` refuses the tape once one of
-            them was changed in place. ``fastrnn.torch`` passes False: torch's version
-            counters refuse the in-place changes that autograd tracks, as for
-            ``torch.nn`` (changes through ``.data`` or a NumPy alias go unseen there, as
-            they do for ``torch.nn``), and the checksums cost time on every call.
+            them was changed in place (prepared weights are a snapshot and need none).
+            ``fastrnn.torch`` passes False: torch's version counters refuse the in-place
+            changes that autograd tracks, as for ``torch.nn`` (changes through ``.data``
+            or a NumPy alias go unseen there, as they do for ``torch.nn``), and the
+            checksums cost time on every call.
 
     Returns:
         :class:`ForwardResult` with ``h``, ``h_n``, ``c_n`` and ``tape``.
     """
     spec = get_cell(cell)
-    be = _pick_backend(backend, x)
+    be, p, weights, mutable = _weights_for(spec, params, backend, x)
     xp = be.xp
     x, unbatched = check_sequence_input(xp, x, be.dtypes, lengths)
     if unbatched:
@@ -214,28 +227,47 @@ def forward(cell, x, params, h0=None, c0=None, *, lengths=None, reverse=False,
     if T < 1 or B < 1 or I < 1:
         raise ValueError(f"x: expected at least one time step, sequence and feature, got "
                          f"shape {tuple(x.shape)}")
-    p, H = check_params(xp, spec, params, I, be.dtypes)
-    for k, a in p.items():
-        check_same_dtype(f"params[{k!r}]", a, x.dtype)
-    p = {k: xp.ascontiguousarray(a) for k, a in p.items()}
+    if weights is None:
+        p, H = check_params(xp, spec, p, I, be.dtypes)
+        for k, a in p.items():
+            check_same_dtype(f"params[{k!r}]", a, x.dtype)
+            if not a.flags.c_contiguous:
+                p[k] = xp.ascontiguousarray(a)
+        weights = be.prepare(spec, p)
+    else:
+        H = p["U"].shape[0]
+        if p["W"].shape[0] != I:
+            raise ValueError(f"x: expected {p['W'].shape[0]} features (the input size of the "
+                             f"prepared params), got shape {tuple(x.shape)}")
+        if x.dtype != p["W"].dtype:
+            raise TypeError(f"x: expected dtype {p['W'].dtype} (the dtype of the prepared "
+                            f"params), got {x.dtype}; mixed dtypes are not converted silently")
     layout = _Layout(unbatched, bool(batch_first) and not unbatched, T, B, I, H, x.dtype)
-    h0c = (xp.zeros((B, H), dtype=x.dtype) if h0 is None
+    return _run_forward(spec, be, layout.seq_from_user(xp, x), p, weights, h0, c0, lengths,
+                        bool(reverse), bool(training), layout, bool(guard), mutable)
+
+
+def _run_forward(spec, be, x3, params, weights, h0, c0, lengths, reverse, training, layout,
+                 guard, params_mutable):
+    """The rest of :func:`forward` once x (time-major x3) and the weights are checked."""
+    xp = be.xp
+    B, H = layout.B, layout.H
+    h0c = (xp.zeros((B, H), dtype=layout.dtype) if h0 is None
            else _check_state(xp, "h0", h0, layout))
     if spec.has_cell_state:
-        c0c = (xp.zeros((B, H), dtype=x.dtype) if c0 is None
+        c0c = (xp.zeros((B, H), dtype=layout.dtype) if c0 is None
                else _check_state(xp, "c0", c0, layout))
     elif c0 is not None:
         raise ValueError(f"c0: cell {spec.name!r} has no cell state; c0 is only for 'lstm'")
     else:
         c0c = None
-    lens = check_lengths(lengths, T, B)
-    x3 = layout.seq_from_user(xp, x)
-    out = be.forward(spec, x3, p, h0c, c0c, lens, bool(reverse), bool(training))
+    lens = check_lengths(lengths, layout.T, B)
+    out = be.forward(spec, x3, weights, h0c, c0c, lens, reverse, training)
     tape = None
     h = out.h
     if training:
-        tape = Tape(spec, be, x3, p, h0c, c0c, lens, bool(reverse), out.saved, layout,
-                    guard=bool(guard))
+        tape = Tape(spec, be, x3, params, weights, h0c, c0c, lens, reverse, out.saved, layout,
+                    guard=guard, params_mutable=params_mutable)
         if isinstance(h, np.ndarray):
             h.flags.writeable = False
     return ForwardResult(layout.seq_to_user(h), layout.state_to_user(out.h_n),
@@ -292,7 +324,7 @@ def backward(tape, dh=None, dh_n=None, dc_n=None, *, backend=None) -> Gradients:
                              f"for 'lstm'")
         dc_n = lay.state_from_user(xp, _check_grad(xp, "dc_n", dc_n, lay.state_shape(), lay,
                                                    "the shape of res.c_n"))
-    g = be.backward(tape.cell, tape.saved, tape.x, tape.params, tape.h0, tape.c0,
+    g = be.backward(tape.cell, tape.saved, tape.x, tape.weights, tape.h0, tape.c0,
                     tape.lengths, tape.reverse, dh, dh_n, dc_n)
     return Gradients(lay.seq_to_user(g.dx), lay.state_to_user(g.dh0),
                      lay.state_to_user(g.dc0), g.params)
@@ -327,7 +359,7 @@ def readout(h, Wy, by, activation="softmax", *, backend="auto"):
     Returns:
         (y, rtape): y (..., n_y) and the tape for :func:`readout_backward`.
     """
-    be = _pick_backend(backend, h)
+    be = _backends.resolve(backend, h)
     xp = be.xp
     if activation not in READOUT_ACTIVATIONS:
         raise ValueError(f"activation: expected one of {', '.join(READOUT_ACTIVATIONS)}, "

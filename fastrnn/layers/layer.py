@@ -1,11 +1,63 @@
-"""Layer objects that hold their parameters: ``fastrnn.LSTM``, ``fastrnn.GRU``, ``fastrnn.RNN``."""
+"""Layer objects that hold their parameters: ``fastrnn.LSTM``, ``fastrnn.GRU``, ``fastrnn.RNN``.
+
+A layer keeps its weights prepared (:func:`fastrnn.prepare`) between calls and prepares
+them again only after a parameter was replaced. That is why its arrays are read-only: an
+in-place change would go unseen by the prepared copy, so it raises instead, and a change
+is an assignment (``layer.params["W"] = W - lr * dW``) that the layer sees.
+"""
 
 from __future__ import annotations
 
-from ..core.api import ForwardResult, Gradients, backward, forward
-from ..core.cells import get_cell
+from collections.abc import MutableMapping
 
-__all__ = ["Layer", "LSTM", "GRU", "RNN"]
+import numpy as np
+
+from ..core.api import ForwardResult, Gradients, backward, forward
+from ..core.arrays import is_cupy_array
+from ..core.cells import get_cell
+from ..core.prepared import prepare
+
+__all__ = ["Layer", "LayerParams", "LSTM", "GRU", "RNN"]
+
+
+class LayerParams(MutableMapping):
+    """A layer's parameters, name -> read-only array. Assigning an array stores a read-only
+    copy and makes the layer prepare its weights again at its next call."""
+
+    def __init__(self, cell, arrays: dict):
+        self._cell = cell
+        self._arrays = {}
+        self.version = 0
+        for k, a in arrays.items():
+            self[k] = a
+
+    def __getitem__(self, key):
+        return self._arrays[key]
+
+    def __setitem__(self, key, value):
+        if key not in self._cell.param_names:
+            raise KeyError(f"params: cell {self._cell.name!r} has no parameter {key!r}; it "
+                           f"takes {', '.join(self._cell.param_names)}")
+        if is_cupy_array(value):
+            a = value.copy()
+        else:
+            a = np.array(value, copy=True)
+            a.flags.writeable = False
+        self._arrays[key] = a
+        self.version += 1
+
+    def __delitem__(self, key):
+        raise TypeError(f"params: a layer's parameters cannot be deleted (tried {key!r})")
+
+    def __iter__(self):
+        return iter(self._arrays)
+
+    def __len__(self):
+        return len(self._arrays)
+
+    def __repr__(self):
+        shapes = ", ".join(f"{k!r}: {tuple(a.shape)}" for k, a in self._arrays.items())
+        return f"LayerParams({{{shapes}}})"
 
 
 class Layer:
@@ -18,8 +70,9 @@ class Layer:
         dtype: ``"float32"`` or ``"float64"``.
         seed: seed of the PyTorch-style uniform(-1/sqrt(H), 1/sqrt(H)) init.
 
-    ``layer.params`` is a plain dict name -> array that you may read, replace or update
-    in place between calls (an optimiser step, say).
+    ``layer.params`` maps name -> read-only array; replace an array to change it
+    (``layer.params["W"] = W - lr * dW``, an optimiser step, say). The layer prepares its
+    weights once and again after each replacement.
     """
 
     def __init__(self, cell, input_size: int, hidden_size: int, *, backend="auto",
@@ -32,12 +85,32 @@ class Layer:
         self.cell = get_cell(cell)
         self.input_size, self.hidden_size = input_size, hidden_size
         self.backend = backend
-        self.params = self.cell.init_params(input_size, hidden_size, dtype, seed)
+        self._params = LayerParams(self.cell, self.cell.init_params(input_size, hidden_size,
+                                                                   dtype, seed))
+        self._prepared, self._prepared_version = None, None
+
+    @property
+    def params(self) -> LayerParams:
+        return self._params
+
+    @params.setter
+    def params(self, value):
+        self._params = LayerParams(self.cell, value)
+        self._prepared = None
+
+    @property
+    def prepared(self):
+        """The weights as prepared for the next call (prepared again if params changed)."""
+        p = self._params
+        if self._prepared is None or self._prepared_version != p.version:
+            self._prepared = prepare(self.cell, p, self.backend)
+            self._prepared_version = p.version
+        return self._prepared
 
     def forward(self, x, h0=None, c0=None, *, lengths=None, reverse=False, batch_first=False,
                 training=True) -> ForwardResult:
-        """``fastrnn.forward`` with this layer's cell, params and backend."""
-        return forward(self.cell, x, self.params, h0, c0, lengths=lengths, reverse=reverse,
+        """``fastrnn.forward`` with this layer's cell, prepared params and backend."""
+        return forward(self.cell, x, self.prepared, h0, c0, lengths=lengths, reverse=reverse,
                        batch_first=batch_first, backend=self.backend, training=training)
 
     __call__ = forward

@@ -31,6 +31,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from .. import backends as _backends
 from ..core import api as _api
 from ..core.cells import get_cell
 from ..core.validation import (as_array, check_lengths, check_params, check_same_dtype,
@@ -231,7 +232,7 @@ def stack_forward(cell, x, params, h0=None, c0=None, *, lengths=None, batch_firs
         :class:`StackResult` with ``h`` (…, D*H), ``h_n``, ``c_n`` (L*D, B, H) and ``tape``.
     """
     spec = get_cell(cell)
-    be = _api._pick_backend(backend, x)
+    be = _backends.resolve(backend, x)
     xp = be.xp
     x, unbatched = check_sequence_input(xp, x, be.dtypes, lengths)
     batch_first = bool(batch_first) and not unbatched

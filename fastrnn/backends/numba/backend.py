@@ -26,33 +26,16 @@ Threads: everything runs on Numba's thread pool (``NUMBA_NUM_THREADS``, or
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 
-from ...core import config
 from ..base import Backend, BackwardOut, ForwardOut
 from . import kernels
 from . import workspace
+from .buffers import chunk_size, dummy, full_lengths, gemm_out, padded_rows
 from .gemm import (MR, NR, matmul, matmul_packed, pack_panels, padded, panel_column_sums,
                    panel_matmul)
-
-
-def chunk_size(B: int) -> int:
-    """Rows per thread chunk (a multiple of MR) for a batch of B sequences: at least
-    ``config.rows_per_thread`` rows per thread (``bench/threads.py`` measures why)."""
-    Bp = padded(B, MR)
-    if config.chunk_rows is not None:
-        return padded(min(config.chunk_rows, Bp), MR)
-    per_thread = config.rows_per_thread
-    if Bp < 2 * per_thread:
-        return Bp
-    threads = max(1, min(numba.get_num_threads(), Bp // per_thread))
-    return padded(-(-Bp // threads), MR)
-
-
-def _writable(a):
-    """Numba compiles a separate variant for read-only arrays; hand it a writable copy."""
-    return a if a.flags.writeable else a.copy()
+from .stepper import NumbaStepRunner
+from .weights import NumbaWeights
 
 
 def _panels(lease, rows, n, dtype, zeroed):
@@ -66,17 +49,6 @@ def _panels(lease, rows, n, dtype, zeroed):
 
 class _Saved(dict):
     """The tape's intermediates: a dict that can carry a finaliser (plain dicts cannot)."""
-
-
-def _dummy(dtype):
-    return np.zeros((1, 1, 1), dtype=dtype)
-
-
-def _padded_rows(a, Bp):
-    """a (B, n) as a zero-padded (Bp, n) copy."""
-    out = np.zeros((Bp, a.shape[1]), dtype=a.dtype)
-    out[:a.shape[0]] = a
-    return out
 
 
 def _t_matmul(G, X):
@@ -94,11 +66,6 @@ def _weight_grad(X, Gp, n):
     return np.ascontiguousarray(matmul_packed(X.T, Gp, n))
 
 
-def _gemm_out(Bp, n, dtype):
-    """A (Bp, n rounded up to the panel width) buffer for packed_gemm results."""
-    return np.zeros((Bp, padded(n, NR[np.dtype(dtype).itemsize])), dtype=dtype)
-
-
 class NumbaBackend(Backend):
     """Fused CPU kernels compiled by Numba."""
 
@@ -109,20 +76,26 @@ class NumbaBackend(Backend):
     def unavailable_reason(cls):
         return None          # numba is a dependency: importing this module already needed it
 
+    def prepare(self, cell, params):
+        return NumbaWeights(cell, params)
+
+    def stepper(self, cell, weights, batch_size, dtype):
+        return NumbaStepRunner(cell, weights, batch_size, dtype)
+
     # ------------------------------------------------------------------------- forward
-    def forward(self, cell, x, params, h0, c0, lengths, reverse, training):
+    def forward(self, cell, x, weights, h0, c0, lengths, reverse, training):
         T, B, I = x.shape
         H = h0.shape[1]
         dt = x.dtype
         Bp, chunk = padded(B, MR), chunk_size(B)
         masked = lengths is not None
-        lens = lengths if masked else np.full(B, T, dtype=np.int64)
+        lens = lengths if masked else full_lengths(B, T)
         G = cell.num_gates
-        Wp = pack_panels(params["W"])                     # packing copies: read-only is fine
+        Wp, Up, b, bn = weights.Wp, weights.Up, weights.b, weights.bn
         xs = np.zeros((Bp, I), dtype=dt)                 # the step's input rows, padded
-        ax = _gemm_out(Bp, G * H, dt)                     # their projection x_t @ W
-        h = _padded_rows(h0, Bp)
-        c = _padded_rows(c0, Bp) if cell.has_cell_state else None
+        ax = gemm_out(Bp, G * H, dt)                      # their projection x_t @ W
+        h = padded_rows(h0, Bp)
+        c = padded_rows(c0, Bp) if cell.has_cell_state else None
 
         hs = None
         if training and not masked:
@@ -131,43 +104,42 @@ class NumbaBackend(Backend):
             out, hprev = (hs[:-1], hs[1:]) if reverse else (hs[1:], hs[:-1])
         else:
             out = np.zeros((T, B, H), dtype=dt) if masked else np.empty((T, B, H), dtype=dt)
-            hprev = np.zeros((T, B, H), dtype=dt) if training else _dummy(dt)
+            hprev = np.zeros((T, B, H), dtype=dt) if training else dummy(dt)
         lease = workspace.Lease()            # tape buffers no caller sees: back to the pool
 
         def tape(*shape):
-            return lease.take(shape, dt, zero=masked) if training else _dummy(dt)
+            return lease.take(shape, dt, zero=masked) if training else dummy(dt)
 
         saved = _Saved(hs=hs, out=out, hprev=hprev, lens=lens, masked=masked)
-        U, b = params["U"], _writable(params["b"])
         if cell.name == "lstm":
             gates, cprev, tanhc = tape(T, B, 4 * H), tape(T, B, H), tape(T, B, H)
-            kernels.lstm_forward(x, Wp, pack_panels(U), b, h, c, lens, reverse, out, hprev, gates,
-                           cprev, tanhc, training, xs, ax, _gemm_out(Bp, 4 * H, dt),
-                           np.empty((Bp, 4 * H), dt), np.empty((Bp, H), dt), chunk)
+            kernels.lstm_forward(x, Wp, Up, b, h, c, lens, reverse, out, hprev, gates, cprev,
+                                 tanhc, training, xs, ax, gemm_out(Bp, 4 * H, dt),
+                                 np.empty((Bp, 4 * H), dt), np.empty((Bp, H), dt), chunk)
             saved.update(gates=gates, cprev=cprev, tanhc=tanhc)
         elif cell.name == "gru":
             gates = tape(T, B, 4 * H)
-            kernels.gru_forward(x, Wp, pack_panels(U), b, _writable(params["bn"]), h, lens, reverse,
-                          out, hprev, gates, training, xs, ax, _gemm_out(Bp, 3 * H, dt),
-                          np.empty((Bp, 4 * H), dt), chunk)
+            kernels.gru_forward(x, Wp, Up, b, bn, h, lens, reverse, out, hprev, gates, training,
+                                xs, ax, gemm_out(Bp, 3 * H, dt), np.empty((Bp, 4 * H), dt),
+                                chunk)
             saved.update(gates=gates)
         elif cell.name == "gru_reset_before":
             gates = tape(T, B, 3 * H)
-            kernels.grurb_forward(x, Wp, pack_panels(U[:, :2 * H]), pack_panels(U[:, 2 * H:]), b,
-                             h, lens, reverse, out, hprev, gates, training, xs, ax,
-                             _gemm_out(Bp, 2 * H, dt), np.zeros((Bp, H), dt),
-                             _gemm_out(Bp, H, dt), np.empty((Bp, 3 * H), dt), chunk)
+            kernels.grurb_forward(x, Wp, Up, weights.Up_n, b, h, lens, reverse, out, hprev,
+                                  gates, training, xs, ax, gemm_out(Bp, 2 * H, dt),
+                                  np.zeros((Bp, H), dt), gemm_out(Bp, H, dt),
+                                  np.empty((Bp, 3 * H), dt), chunk)
             saved.update(gates=gates)
         else:
-            kernels.rnn_forward(x, Wp, pack_panels(U), b, cell.nonlinearity == "relu", h, lens,
-                          reverse, out, hprev, training, xs, ax, _gemm_out(Bp, H, dt), chunk)
+            kernels.rnn_forward(x, Wp, Up, b, cell.nonlinearity == "relu", h, lens, reverse,
+                                out, hprev, training, xs, ax, gemm_out(Bp, H, dt), chunk)
         lease.give_when_freed(saved)
         # The caller gets its own view of out, so flags it sets do not reach the tape's.
         return ForwardOut(out[...], h[:B], None if c is None else c[:B],
                           saved if training else None)
 
     # ------------------------------------------------------------------------ backward
-    def backward(self, cell, saved, x, params, h0, c0, lengths, reverse, dh, dh_n, dc_n):
+    def backward(self, cell, saved, x, weights, h0, c0, lengths, reverse, dh, dh_n, dc_n):
         T, B, I = x.shape
         H = h0.shape[1]
         G = cell.num_gates
@@ -177,13 +149,12 @@ class NumbaBackend(Backend):
         lease = workspace.Lease()            # temporaries of this pass: back to the pool
 
         has_dh = dh is not None
-        dh_arr = dh if has_dh else _dummy(dt)
-        dh_carry = _gemm_out(Bp, H, dt)
+        dh_arr = dh if has_dh else dummy(dt)
+        dh_carry = gemm_out(Bp, H, dt)
         if dh_n is not None:
             dh_carry[:B, :H] = dh_n
         dc_carry = None
-        W, U = params["W"], params["U"]
-        UT = U.T
+        UTp, UTp_n = weights.ut_panels()
         hprev = saved["hprev"]
         grads = {}
         dGp = dGx = None                        # dL/da over all T*B rows: panels or rows
@@ -194,31 +165,30 @@ class NumbaBackend(Backend):
             if dc_n is not None:
                 dc_carry[:B] = dc_n
             dGp = _panels(lease, T * B, 4 * H, dt, masked)
-            kernels.lstm_backward(saved["gates"], saved["cprev"], saved["tanhc"], pack_panels(UT),
-                            lens, reverse, dh_arr, has_dh, dh_carry, dc_carry, dGp,
-                            np.zeros((Bp, 4 * H), dt), chunk)
+            kernels.lstm_backward(saved["gates"], saved["cprev"], saved["tanhc"], UTp, lens,
+                                  reverse, dh_arr, has_dh, dh_carry, dc_carry, dGp,
+                                  np.zeros((Bp, 4 * H), dt), chunk)
         elif cell.name == "gru":
             dGp = _panels(lease, T * B, 3 * H, dt, masked)
             u_panels = _panels(lease, T * B, 3 * H, dt, masked)  # (da_r, da_z, dhn): U's grad
-            kernels.gru_backward(saved["gates"], hprev, pack_panels(UT), lens, reverse, dh_arr, has_dh,
-                           dh_carry, dGp, u_panels, np.zeros((Bp, 3 * H), dt),
-                           np.empty((Bp, 3 * H), dt), chunk)
+            kernels.gru_backward(saved["gates"], hprev, UTp, lens, reverse, dh_arr, has_dh,
+                                 dh_carry, dGp, u_panels, np.zeros((Bp, 3 * H), dt),
+                                 np.empty((Bp, 3 * H), dt), chunk)
             grads["bn"] = panel_column_sums(u_panels, 3 * H)[2 * H:]
         elif cell.name == "gru_reset_before":
             dGx = lease.take((T, B, 3 * H), dt, zero=masked)
             rh = lease.take((T, B, H), dt, zero=masked)
-            kernels.grurb_backward(saved["gates"], hprev, pack_panels(UT[:2 * H]),
-                              pack_panels(UT[2 * H:]), lens, reverse, dh_arr, has_dh, dh_carry,
-                              dGx, rh, np.zeros((Bp, H), dt), np.zeros((Bp, 2 * H), dt),
-                              _gemm_out(Bp, H, dt), chunk)
+            kernels.grurb_backward(saved["gates"], hprev, UTp, UTp_n, lens, reverse, dh_arr,
+                                   has_dh, dh_carry, dGx, rh, np.zeros((Bp, H), dt),
+                                   np.zeros((Bp, 2 * H), dt), gemm_out(Bp, H, dt), chunk)
         else:
             dG = lease.take((T, B, H), dt, zero=masked)
             out = saved["out"]
             if not out.flags.writeable:          # numba would compile a read-only variant
                 out = out.view()
                 out.flags.writeable = True
-            kernels.rnn_backward(out, hprev, pack_panels(UT), cell.nonlinearity == "relu", lens,
-                           reverse, dh_arr, has_dh, dh_carry, dG, np.zeros((Bp, H), dt), chunk)
+            kernels.rnn_backward(out, hprev, UTp, cell.nonlinearity == "relu", lens, reverse,
+                                 dh_arr, has_dh, dh_carry, dG, np.zeros((Bp, H), dt), chunk)
             dGx = dG
 
         rows = T * B
@@ -238,7 +208,8 @@ class NumbaBackend(Backend):
         else:                                       # U sees h_prev in every gate column
             grads["U"] = _weight_grad(hprev2, dGp if u_panels is None else u_panels, G * H)
         grads["b"] = panel_column_sums(dGp, G * H)
-        dx = np.ascontiguousarray(panel_matmul(dGp, G * H, W.T)).reshape(T, B, I)
+        dx = np.ascontiguousarray(panel_matmul(dGp, G * H, weights.params["W"].T,
+                                               weights.wt_panels())).reshape(T, B, I)
         ordered = {k: grads[k] for k in cell.param_names}
         dh0 = np.ascontiguousarray(dh_carry[:B, :H])
         dc0 = None if dc_carry is None else dc_carry[:B]

@@ -231,14 +231,17 @@ def _gemm_panel_rows(Ap, K, Bp, C, tiles_per_chunk):
                          C.ctypes.data + (i * ldc + q * nrb) * size, ldc, p > 0, size)
 
 
-def panel_matmul(Ap: np.ndarray, K: int, B: np.ndarray) -> np.ndarray:
+def panel_matmul(Ap: np.ndarray, K: int, B: np.ndarray, Bp: np.ndarray | None = None
+                 ) -> np.ndarray:
     """A @ B (M, N) for A (M, K) stored as panels like :func:`pack_panels` makes them
-    (Ap (PA, M, NR), A[r, p*NR + j] = Ap[p, r, j]) and B (K, N) a plain array."""
+    (Ap (PA, M, NR), A[r, p*NR + j] = Ap[p, r, j]) and B (K, N) a plain array; ``Bp`` is
+    ``pack_panels(B)`` when the caller has it already."""
     PA, M, nr = Ap.shape
     if K > PA * nr or B.shape[0] != K:
         raise ValueError(f"panel_matmul: A panels {Ap.shape} with K={K}, B {B.shape}")
     N = B.shape[1]
-    Bp = pack_panels(B)
+    if Bp is None:
+        Bp = pack_panels(B)
     C = np.empty((M, Bp.shape[0] * Bp.shape[2]), dtype=Ap.dtype)
     tiles = M // MR
     if tiles:
