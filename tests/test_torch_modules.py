@@ -381,18 +381,19 @@ def test_errors():
         frt.GRU(3, 4, batch_first=1)
     with pytest.raises(ValueError, match="backend: unknown backend 'fortran'"):
         frt.GRU(3, 4, backend="fortran")
+    # the exception types of torch.nn for the same mistakes, fastrnn's messages
     m = frt.LSTM(3, 4, num_layers=2, dtype=torch.float64, backend="numpy")
     x = torch.randn(5, 2, 3, dtype=torch.float64)
-    with pytest.raises(TypeError, match=r"hx: expected a tuple \(h_0, c_0\) for LSTM"):
+    with pytest.raises(RuntimeError, match=r"hx: expected a tuple \(h_0, c_0\) for LSTM"):
         m(x, torch.zeros(2, 2, 4, dtype=torch.float64))
-    with pytest.raises(ValueError, match=r"hx\[0\] \(h_0\): expected shape \(2, 2, 4\)"):
+    with pytest.raises(RuntimeError, match=r"hx\[0\] \(h_0\): expected shape \(2, 2, 4\)"):
         m(x, (torch.zeros(1, 2, 4, dtype=torch.float64), torch.zeros(2, 2, 4,
                                                                       dtype=torch.float64)))
-    with pytest.raises(TypeError, match="hx\\[1\\] \\(c_0\\): expected a torch.float64"):
+    with pytest.raises(RuntimeError, match="hx\\[1\\] \\(c_0\\): expected a torch.float64"):
         m(x, (torch.zeros(2, 2, 4, dtype=torch.float64), torch.zeros(2, 2, 4)))
-    with pytest.raises(TypeError, match="input: dtype torch.float32 does not match"):
+    with pytest.raises(ValueError, match="input: dtype torch.float32 does not match"):
         m(x.float())
-    with pytest.raises(ValueError, match="input: expected 3 features"):
+    with pytest.raises(RuntimeError, match="input: expected 3 features"):
         m(torch.randn(5, 2, 4, dtype=torch.float64))
     with pytest.raises(ValueError, match="input: expected a 3-d"):
         m(torch.randn(5, dtype=torch.float64))

@@ -1,4 +1,4 @@
-"""``fastrnn.torch``: drop-in ``torch.nn.LSTM``, ``GRU`` and ``RNN`` running on fastrnn.
+"""``fastrnn.torch``: drop-in ``torch.nn`` recurrent modules running on fastrnn.
 
 ::
 
@@ -6,19 +6,20 @@
     rnn = frt.LSTM(32, 128, num_layers=2, batch_first=True, bidirectional=True)
     rnn.load_state_dict(torch_lstm.state_dict())     # same names and shapes as torch.nn.LSTM
     out, (h_n, c_n) = rnn(x)                         # same shapes; PackedSequence in -> out
+    cell = frt.GRUCell(32, 128)                      # and RNNCell, LSTMCell
+    h = cell(x_t, h)
 
 The modules have the constructor, parameter names, shapes and init of their ``torch.nn``
-twins, so a ``state_dict`` moves between the two unchanged. Each layer and direction is
-one :class:`torch.autograd.Function` whose forward converts the torch weights to fastrnn
-parameters (``W = weight_ih.T``, ``U = weight_hh.T``, ``b = bias_ih + bias_hh``; for GRU
-``b = bias_ih + [bias_hh_r, bias_hh_z, 0]`` and ``bn = bias_hh_n``) and calls
-:func:`fastrnn.forward`; its backward calls :func:`fastrnn.backward` and maps the
-gradients back. CPU tensors are shared with NumPy without copies and run on the numba
-backend (numpy when numba cannot run, or whichever ``backend=`` names); CUDA tensors are
-shared with CuPy through DLPack, zero-copy, on torch's current stream, and run on the
-cupy backend. Dropout between layers is ``torch.nn.functional.dropout`` (torch's RNG, so
-``torch.manual_seed`` makes it reproducible), applied to the outputs of every layer but
-the last while the module is training.
+twins, so a ``state_dict`` moves between the two unchanged, and they fail where those fail,
+with exceptions of the same type. Each layer and direction is one
+:class:`~fastrnn.interop.torch_function.RecurrentFunction`: fastrnn's forward and backward
+on the tensors' memory, with the weights prepared once per version of the parameters
+(``flatten_parameters()`` prepares them again after a change made through ``.data``).
+CPU tensors run on the numba backend (numpy when numba cannot run, or whichever
+``backend=`` names); CUDA tensors on the cupy backend, on torch's current stream. Dropout
+between layers is ``torch.nn.functional.dropout`` (torch's RNG, so ``torch.manual_seed``
+makes it reproducible), applied to the outputs of every layer but the last while the
+module is training.
 
 Not supported: ``proj_size > 0`` (LSTM projections), double backward, dtypes other than
 float32/float64 (and those a GPU backend adds).
@@ -28,7 +29,6 @@ PyTorch is imported only here: ``import fastrnn`` never imports it.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import numbers
 import warnings
@@ -36,227 +36,74 @@ import warnings
 import numpy as np
 import torch
 from torch import nn
-from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 from torch.nn.utils.rnn import PackedSequence
 
 from .. import backends as _backends
-from ..core import api as _api
 from ..core.cells import get_cell
-from .biases import fold_biases, fold_gradients
 from .convert import TORCH_MODES
+from .torch_bridge import resolve
+from .torch_function import RecurrentFunction, Run, WeightCache
 
-__all__ = ["LSTM", "GRU", "RNN", "RNNBase"]
-
-
-# ------------------------------------------------------------------- tensor <-> array
-
-class _NumpyBridge:
-    """CPU tensors as NumPy arrays and back, sharing memory."""
-
-    xp = np
-    device_type = "cpu"
-
-    def scope(self, tensor):
-        return contextlib.nullcontext()
-
-    @staticmethod
-    def array(t):
-        return t.detach().numpy()
-
-    @staticmethod
-    def tensor(a, avoid=None):
-        """A tensor on ``a``'s memory; a copy if ``a`` is read-only or overlaps ``avoid``."""
-        if not a.flags.writeable or (avoid is not None and np.may_share_memory(a, avoid)):
-            a = a.copy()
-        return torch.from_numpy(a)
-
-    @staticmethod
-    def output_tensor(a):
-        """A tensor on the memory of an output that the tape also reads.
-
-        fastrnn marks such an output read-only so a NumPy user cannot corrupt the tape. Here
-        the Function saves the returned tensor for backward, so torch's version counter
-        guards it instead (an in-place change raises at backward time) and the flag can be
-        lifted; where NumPy refuses (a read-only base), the output is copied.
-        """
-        if not a.flags.writeable:
-            try:
-                a.flags.writeable = True
-            except ValueError:
-                a = a.copy()
-        return torch.from_numpy(a)
+__all__ = ["LSTM", "GRU", "RNN", "RNNBase", "RNNCellBase", "RNNCell", "GRUCell", "LSTMCell"]
 
 
-class _CupyBridge:
-    """CUDA tensors as CuPy arrays and back through DLPack, zero-copy.
+# ------------------------------------------------------------------------------- checks
+# Each raises the exception type its torch.nn twin raises for the same mistake, with a
+# message that names the argument, what was expected and what came.
 
-    Every conversion and every fastrnn call runs inside :meth:`scope`: on the tensor's
-    device and on torch's current CUDA stream (wrapped as a CuPy ExternalStream), so CuPy
-    work is ordered with torch's work without extra synchronisation.
-    """
-
-    device_type = "cuda"
-
-    def __init__(self):
-        import cupy                                          # noqa: PLC0415 - optional
-        self.cp = self.xp = cupy
-
-    def scope(self, tensor):
-        stack = contextlib.ExitStack()
-        stack.enter_context(self.cp.cuda.Device(tensor.device.index))
-        stream = torch.cuda.current_stream(tensor.device)
-        stack.enter_context(self.cp.cuda.ExternalStream(stream.cuda_stream))
-        return stack
-
-    def array(self, t):
-        # Contiguous first: fastrnn would copy a strided array anyway, and DLPack importers
-        # differ on zero strides (expanded gradients).
-        return self.cp.from_dlpack(t.detach().contiguous())
-
-    def tensor(self, a, avoid=None):
-        if avoid is not None and self.cp.may_share_memory(a, avoid):
-            a = a.copy()
-        return torch.from_dlpack(a)
-
-    def output_tensor(self, a):
-        return torch.from_dlpack(a)
+def _check_sizes(**sizes) -> None:
+    for name, v in sizes.items():
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+            raise TypeError(f"{name}: expected an int, got {type(v).__name__}")
+        if v < 1:
+            raise ValueError(f"{name}: expected a positive int, got {v}")
 
 
-_NUMPY_BRIDGE = _NumpyBridge()
-_GPU_BACKENDS = {"cupy"}
-_CUPY_BRIDGE = None
+def _check_flags(**flags) -> None:
+    for name, v in flags.items():
+        if not isinstance(v, bool):
+            raise TypeError(f"{name}: expected a bool, got {type(v).__name__}")
 
 
-def _cupy_bridge():
-    global _CUPY_BRIDGE
-    if _CUPY_BRIDGE is None:
-        try:
-            _CUPY_BRIDGE = _CupyBridge()
-        except ImportError as exc:
-            raise _backends.BackendUnavailableError(
-                f"backend 'cupy' cannot run here: importing cupy failed ({exc}); CUDA tensors "
-                f"need CuPy") from exc
-    return _CUPY_BRIDGE
+def _check_backend(backend) -> None:
+    if backend not in (None, "auto") and backend not in _backends.backend_names():
+        raise ValueError(f"backend: unknown backend {backend!r}; expected 'auto' or one of "
+                         f"{', '.join(_backends.backend_names())}")
 
 
-def _resolve(backend, device: torch.device):
-    """(backend object, bridge) for tensors on ``device``."""
-    if device.type == "cpu":
-        bridge = _NUMPY_BRIDGE
-        name = (_backends.auto_backend_name(np.empty(0)) if backend in (None, "auto")
-                else backend)
-    elif device.type == "cuda":
-        bridge = _cupy_bridge()
-        name = "cupy" if backend in (None, "auto") else backend
-    else:
-        raise ValueError(f"input: tensors on device {device} are not supported; fastrnn.torch "
-                         f"runs CPU tensors (numba or numpy backend) and CUDA tensors (cupy)")
-
-    def wrong_device():
-        return ValueError(f"backend: {name!r} cannot compute on {device.type} tensors; use "
-                          f"backend='auto' or one for {device.type} "
-                          f"({'numba or numpy' if device.type == 'cpu' else 'cupy'})")
-
-    if (name in _GPU_BACKENDS) != (device.type == "cuda") and name in _backends.backend_names():
-        raise wrong_device()                        # before loading it: the clearer reason
-    be = _backends.get_backend(name)
-    if be.xp is not bridge.xp:                      # a registered backend of another device
-        raise wrong_device()
-    return be, bridge
+def _grads_flow(tensors) -> bool:
+    """Whether this call's autograd graph reaches any of the weight tensors."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-# ---------------------------------------------------------------------- the Function
-
-class _Run:
-    """What one layer-direction call needs besides its tensors."""
-
-    __slots__ = ("cell", "backend", "bridge", "lengths", "reverse", "grad_enabled")
-
-    def __init__(self, cell, backend, bridge, lengths, reverse, grad_enabled):
-        self.cell, self.backend, self.bridge = cell, backend, bridge
-        self.lengths, self.reverse, self.grad_enabled = lengths, reverse, grad_enabled
-
-
-def _fastrnn_params(spec, br, w_ih, w_hh, b_ih, b_hh):
-    """torch weights -> fastrnn params; W and U are transposed views (the API makes them
-    contiguous), only the folded biases are new memory."""
-    W, U = br.array(w_ih).T, br.array(w_hh).T
-    biases = fold_biases(spec, None if b_ih is None else br.array(b_ih),
-                         None if b_hh is None else br.array(b_hh), U.shape[0], W.dtype, br.xp)
-    return {"W": W, "U": U, **biases}
+def _check_input_tensor(x, name, weight, input_size, dtype_error) -> None:
+    """x's dtype (``dtype_error``: ValueError for the layers, RuntimeError for the cells,
+    as torch.nn), device and feature count against the parameters."""
+    if x.dtype != weight.dtype:
+        raise dtype_error(f"{name}: dtype {x.dtype} does not match the parameters' dtype "
+                          f"{weight.dtype}; convert the input with .to({weight.dtype}) or the "
+                          f"module with .to({x.dtype})")
+    if x.device != weight.device:
+        raise RuntimeError(f"{name}: on device {x.device} but the parameters are on "
+                           f"{weight.device}; move one of them")
+    if x.shape[-1] != input_size:
+        raise RuntimeError(f"{name}: expected {input_size} features (input_size) in the last "
+                           f"dimension, got shape {tuple(x.shape)}")
 
 
-def _graph_kept() -> bool:
-    """Whether the running backward keeps the graph (retain_graph=True); True if unknown."""
-    probe = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
-    if probe is None:
-        return True
-    try:
-        return bool(probe())
-    except RuntimeError:
-        return True
+def _check_state_tensor(name, s, shape, like, what) -> None:
+    if not isinstance(s, torch.Tensor):
+        raise TypeError(f"{name}: expected a tensor, got {type(s).__name__}")
+    if tuple(s.shape) != tuple(shape):
+        raise RuntimeError(f"{name}: expected shape {tuple(shape)} {what}, got "
+                           f"{tuple(s.shape)}")
+    if s.dtype != like.dtype or s.device != like.device:
+        raise RuntimeError(f"{name}: expected a {like.dtype} tensor on {like.device} like "
+                           f"the input, got {s.dtype} on {s.device}")
 
 
-class _LayerFunction(torch.autograd.Function):
-    """One layer, one direction: fastrnn.forward in forward, fastrnn.backward in backward.
-
-    Inputs: run (:class:`_Run`), x (T, B, I), h0 (B, H) or None, c0 (B, H) or None (lstm),
-    weight_ih (G*H, I), weight_hh (G*H, H), bias_ih and bias_hh (G*H,) or None.
-    Outputs: h (T, B, H) and h_n (B, H), plus c_n (B, H) for lstm.
-    """
-
-    @staticmethod
-    def forward(ctx, run, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
-        spec, br = run.cell, run.bridge
-        training = run.grad_enabled and any(ctx.needs_input_grad[1:])
-        with br.scope(x):
-            params = _fastrnn_params(spec, br, w_ih, w_hh, b_ih, b_hh)
-            res = _api.forward(spec, br.array(x), params,
-                               None if h0 is None else br.array(h0),
-                               None if c0 is None else br.array(c0),
-                               lengths=run.lengths, reverse=run.reverse, backend=run.backend,
-                               training=training, guard=False)
-            h = br.output_tensor(res.h) if training else br.tensor(res.h)
-            outs = [h, br.tensor(res.h_n, avoid=res.h)]
-            if spec.has_cell_state:
-                outs.append(br.tensor(res.c_n, avoid=res.h))
-        ctx.set_materialize_grads(False)
-        if training:
-            ctx.run, ctx.tape = run, res.tape
-            # Saved only so torch's version counters refuse a backward after any of them
-            # changed in place (the tape holds x and h themselves, and copies of the weights).
-            ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, h)
-        return tuple(outs)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, dh, dh_n, dc_n=None):
-        x = ctx.saved_tensors[0]                    # raises if a saved tensor was modified
-        run, tape = ctx.run, ctx.tape
-        if tape is None:
-            raise RuntimeError("fastrnn.torch: backward through this layer a second time; "
-                               "pass retain_graph=True to the first backward to allow it")
-        spec, br = run.cell, run.bridge
-        need = ctx.needs_input_grad
-        with br.scope(x):
-            g = _api.backward(tape, *(None if t is None else br.array(t)
-                                      for t in (dh, dh_n, dc_n)))
-            if not _graph_kept():
-                ctx.tape = None                     # free the saved activations now, like torch
-            xp = br.xp
-            dx = br.tensor(g.dx) if need[1] else None
-            dh0 = br.tensor(g.dh0) if need[2] else None
-            dc0 = br.tensor(g.dc0) if need[3] else None
-            dw_ih = br.tensor(xp.ascontiguousarray(g.params["W"].T)) if need[4] else None
-            dw_hh = br.tensor(xp.ascontiguousarray(g.params["U"].T)) if need[5] else None
-            db_ih, db_hh = fold_gradients(spec, g.params["b"], g.params.get("bn"), xp)
-            db_ih = br.tensor(db_ih) if need[6] else None
-            db_hh = br.tensor(db_hh) if need[7] else None
-        return None, dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh
-
-
-# ------------------------------------------------------------------------ the modules
+# ---------------------------------------------------------------------- multi-step layers
 
 def _packed_to_padded(data, batch_sizes):
     """Packed data (N, I) -> time-major padded (T, B, I) in the packed (sorted) batch order,
@@ -285,16 +132,8 @@ class RNNBase(nn.Module):
         super().__init__()
         if mode not in TORCH_MODES:
             raise ValueError(f"mode: expected one of {', '.join(TORCH_MODES)}, got {mode!r}")
-        for name, v in (("input_size", input_size), ("hidden_size", hidden_size),
-                        ("num_layers", num_layers)):
-            if isinstance(v, bool) or not isinstance(v, numbers.Integral):
-                raise TypeError(f"{name}: expected an int, got {type(v).__name__}")
-            if v < 1:
-                raise ValueError(f"{name}: expected a positive int, got {v}")
-        for name, v in (("bias", bias), ("batch_first", batch_first),
-                        ("bidirectional", bidirectional)):
-            if not isinstance(v, bool):
-                raise TypeError(f"{name}: expected a bool, got {type(v).__name__}")
+        _check_sizes(input_size=input_size, hidden_size=hidden_size, num_layers=num_layers)
+        _check_flags(bias=bias, batch_first=batch_first, bidirectional=bidirectional)
         if (isinstance(dropout, bool) or not isinstance(dropout, numbers.Real)
                 or not 0 <= dropout <= 1):
             raise ValueError(f"dropout: expected a probability in [0, 1] (of zeroing an "
@@ -303,9 +142,7 @@ class RNNBase(nn.Module):
             warnings.warn(f"dropout option adds dropout after all but last recurrent layer, "
                           f"so non-zero dropout expects num_layers greater than 1, but got "
                           f"dropout={dropout} and num_layers={num_layers}", stacklevel=3)
-        if backend not in (None, "auto") and backend not in _backends.backend_names():
-            raise ValueError(f"backend: unknown backend {backend!r}; expected 'auto' or one of "
-                             f"{', '.join(_backends.backend_names())}")
+        _check_backend(backend)
         self.mode = mode
         self.input_size, self.hidden_size = int(input_size), int(hidden_size)
         self.num_layers = int(num_layers)
@@ -331,6 +168,7 @@ class RNNBase(nn.Module):
                 for name, shape in shapes.items():
                     self.register_parameter(name, nn.Parameter(torch.empty(shape, **factory)))
                 self._all_weights.append(list(shapes))
+        self._weight_caches = [WeightCache() for _ in self._all_weights]
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -341,8 +179,11 @@ class RNNBase(nn.Module):
             nn.init.uniform_(weight, -stdv, stdv)
 
     def flatten_parameters(self) -> None:
-        """No-op, for code written for ``torch.nn`` modules on cuDNN: fastrnn reads the
-        parameters where they are."""
+        """Prepare the weights again at the next call. Needed only after a change that
+        bypasses torch's version counters (through ``.data`` or a NumPy alias); code written
+        for ``torch.nn`` on cuDNN calls it anyway."""
+        for cache in self._weight_caches:
+            cache.clear()
 
     @property
     def all_weights(self) -> list[list[nn.Parameter]]:
@@ -368,27 +209,11 @@ class RNNBase(nn.Module):
     # -- forward ----------------------------------------------------------------------
 
     def _check_input(self, x, name):
-        w = self.weight_ih_l0
-        if x.dtype != w.dtype:
-            raise TypeError(f"{name}: dtype {x.dtype} does not match the parameters' dtype "
-                            f"{w.dtype}; convert the input with .to({w.dtype}) or the module "
-                            f"with .to({x.dtype})")
-        if x.device != w.device:
-            raise ValueError(f"{name}: on device {x.device} but the parameters are on "
-                             f"{w.device}; move one of them")
-        if x.shape[-1] != self.input_size:
-            raise ValueError(f"{name}: expected {self.input_size} features (input_size) in the "
-                             f"last dimension, got shape {tuple(x.shape)}")
+        _check_input_tensor(x, name, self.weight_ih_l0, self.input_size, ValueError)
 
     def _check_state(self, name, s, shape, like):
-        if not isinstance(s, torch.Tensor):
-            raise TypeError(f"{name}: expected a tensor, got {type(s).__name__}")
-        if tuple(s.shape) != shape:
-            raise ValueError(f"{name}: expected shape {shape} (num_layers*num_directions, "
-                             f"batch, hidden_size), got {tuple(s.shape)}")
-        if s.dtype != like.dtype or s.device != like.device:
-            raise TypeError(f"{name}: expected a {like.dtype} tensor on {like.device} like "
-                            f"the input, got {s.dtype} on {s.device}")
+        _check_state_tensor(name, s, shape, like, "(num_layers*num_directions, batch, "
+                                                  "hidden_size)")
 
     def _initial_states(self, hx, x, batch, unbatched, sorted_indices):
         """(h0, c0) as (L*D, B, H) tensors in the batch order of x, or None."""
@@ -397,8 +222,8 @@ class RNNBase(nn.Module):
         is_lstm = self._cell.has_cell_state
         if is_lstm:
             if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-                raise TypeError(f"hx: expected a tuple (h_0, c_0) for LSTM, got "
-                                f"{type(hx).__name__}")
+                raise RuntimeError(f"hx: expected a tuple (h_0, c_0) for LSTM, got "
+                                   f"{type(hx).__name__}")
             states, names = list(hx), ["hx[0] (h_0)", "hx[1] (c_0)"]
         else:
             states, names = [hx], ["hx"]
@@ -455,19 +280,21 @@ class RNNBase(nn.Module):
                 x = input.transpose(0, 1) if self.batch_first else input
         B = x.shape[1]
         h0, c0 = self._initial_states(hx, x, B, unbatched, sorted_indices)
-        be, bridge = _resolve(self.backend, x.device)
+        be, bridge = resolve(self.backend, x.device)
         grad_enabled = torch.is_grad_enabled()
         D = 2 if self.bidirectional else 1
-        runs = [_Run(self._cell, be, bridge, lengths, d == 1, grad_enabled) for d in range(D)]
         h_n, c_n = [], []
         inp = x
         for layer in range(self.num_layers):
             outs = []
             for d in range(D):
                 k = layer * D + d
-                res = _LayerFunction.apply(runs[d], inp, None if h0 is None else h0[k],
-                                           None if c0 is None else c0[k],
-                                           *self._layer_weights(k))
+                tensors = self._layer_weights(k)
+                weights = self._weight_caches[k].get(self._cell, be, bridge, tensors,
+                                                     _grads_flow(tensors))
+                run = Run(self._cell, be, bridge, weights, lengths, d == 1, grad_enabled)
+                res = RecurrentFunction.apply(run, inp, None if h0 is None else h0[k],
+                                              None if c0 is None else c0[k], *tensors)
                 outs.append(res[0])
                 h_n.append(res[1])
                 if self._cell.has_cell_state:
@@ -550,3 +377,149 @@ class RNN(RNNBase):
         super().__init__("RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU", input_size,
                          hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
                          device, dtype, backend=backend)
+
+
+# ------------------------------------------------------------------------ one-step cells
+
+class RNNCellBase(nn.Module):
+    """Shared body of :class:`RNNCell`, :class:`GRUCell` and :class:`LSTMCell`: one step of
+    a cell, a :class:`RecurrentFunction` over a sequence of length 1 whose weights are
+    prepared once per version of the parameters (a decoding loop does not re-pack them).
+
+    Args (as ``torch.nn.RNNCellBase``): cell (fastrnn cell name), input_size, hidden_size,
+    bias, device, dtype; plus ``backend`` as for the layers.
+    """
+
+    def __init__(self, cell, input_size, hidden_size, bias=True, device=None, dtype=None, *,
+                 backend="auto"):
+        super().__init__()
+        _check_sizes(input_size=input_size, hidden_size=hidden_size)
+        _check_flags(bias=bias)
+        _check_backend(backend)
+        self._cell = get_cell(cell)
+        self.input_size, self.hidden_size, self.bias = int(input_size), int(hidden_size), bias
+        self.backend = backend
+        gh = self._cell.num_gates * self.hidden_size
+        factory = {"device": device, "dtype": dtype}
+        self.weight_ih = nn.Parameter(torch.empty((gh, self.input_size), **factory))
+        self.weight_hh = nn.Parameter(torch.empty((gh, self.hidden_size), **factory))
+        if bias:
+            self.bias_ih = nn.Parameter(torch.empty(gh, **factory))
+            self.bias_hh = nn.Parameter(torch.empty(gh, **factory))
+        else:
+            self.register_parameter("bias_ih", None)
+            self.register_parameter("bias_hh", None)
+        self._weight_cache = WeightCache()
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """torch's init: every parameter uniform(-1/sqrt(H), 1/sqrt(H)), in registration
+        order, so under one ``torch.manual_seed`` it draws what ``torch.nn`` draws."""
+        stdv = 1.0 / math.sqrt(self.hidden_size)
+        for weight in self.parameters():
+            nn.init.uniform_(weight, -stdv, stdv)
+
+    def flatten_parameters(self) -> None:
+        """Prepare the weights again at the next call (after a change through ``.data``)."""
+        self._weight_cache.clear()
+
+    def extra_repr(self) -> str:
+        s = f"{self.input_size}, {self.hidden_size}"
+        if self.bias is not True:
+            s += f", bias={self.bias}"
+        if getattr(self, "nonlinearity", "tanh") != "tanh":
+            s += f", nonlinearity={self.nonlinearity}"
+        if self.backend != "auto":
+            s += f", backend={self.backend!r}"
+        return s
+
+    def _step(self, input, states, names):
+        """(h', c') of one step: input (B, I) or (I,), states (B, H) or (H,) (None: zeros)."""
+        kind = type(self).__name__
+        if not isinstance(input, torch.Tensor):
+            raise TypeError(f"input: expected a tensor, got {type(input).__name__}")
+        if input.dim() not in (1, 2):
+            raise ValueError(f"{kind}: Expected input to be 1D or 2D, got {input.dim()}D "
+                             f"instead (input: (batch, input_size) or (input_size,))")
+        for name, s in zip(names, states):
+            if isinstance(s, torch.Tensor) and s.dim() not in (1, 2):
+                raise ValueError(f"{kind}: Expected {name} to be 1D or 2D, got {s.dim()}D "
+                                 f"instead ((batch, hidden_size) or (hidden_size,))")
+        _check_input_tensor(input, "input", self.weight_ih, self.input_size, RuntimeError)
+        batched = input.dim() == 2
+        x = input.unsqueeze(0) if batched else input.view(1, 1, -1)
+        B, H = x.shape[1], self.hidden_size
+        shape = (B, H) if batched else (H,)
+        h0c0 = []
+        for name, s in zip(names, states):
+            if s is not None:
+                _check_state_tensor(name, s, shape, input,
+                                    "(batch, hidden_size)" if batched else "(hidden_size,)")
+                s = s if batched else s.unsqueeze(0)
+            h0c0.append(s)
+        if len(h0c0) == 1:
+            h0c0.append(None)
+        be, bridge = resolve(self.backend, x.device)
+        tensors = (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        weights = self._weight_cache.get(self._cell, be, bridge, tensors, _grads_flow(tensors))
+        run = Run(self._cell, be, bridge, weights, None, False, torch.is_grad_enabled())
+        res = RecurrentFunction.apply(run, x, *h0c0, *tensors)
+        out = res[1:]
+        return out if batched else tuple(t.squeeze(0) for t in out)
+
+
+class RNNCell(RNNCellBase):
+    """Drop-in ``torch.nn.RNNCell`` (``nonlinearity`` ``"tanh"`` or ``"relu"``) on fastrnn.
+
+    ``RNNCell(input_size, hidden_size, bias=True, nonlinearity="tanh", device=None,
+    dtype=None, *, backend="auto")``; ``forward(input, hx=None) -> h'``.
+    """
+
+    def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh", device=None,
+                 dtype=None, *, backend="auto"):
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r}")
+        self.nonlinearity = nonlinearity
+        super().__init__(f"rnn_{nonlinearity}", input_size, hidden_size, bias, device, dtype,
+                         backend=backend)
+
+    def forward(self, input, hx=None):
+        return self._step(input, [hx], ["hidden"])[0]
+
+
+class GRUCell(RNNCellBase):
+    """Drop-in ``torch.nn.GRUCell`` (gates r, z, n, reset after U_n: fastrnn's ``gru``).
+
+    ``GRUCell(input_size, hidden_size, bias=True, device=None, dtype=None, *,
+    backend="auto")``; ``forward(input, hx=None) -> h'``.
+    """
+
+    def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *,
+                 backend="auto"):
+        super().__init__("gru", input_size, hidden_size, bias, device, dtype, backend=backend)
+
+    def forward(self, input, hx=None):
+        return self._step(input, [hx], ["hidden"])[0]
+
+
+class LSTMCell(RNNCellBase):
+    """Drop-in ``torch.nn.LSTMCell`` (gates i, f, g, o).
+
+    ``LSTMCell(input_size, hidden_size, bias=True, device=None, dtype=None, *,
+    backend="auto")``; ``forward(input, (h, c)=None) -> (h', c')``.
+    """
+
+    def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *,
+                 backend="auto"):
+        super().__init__("lstm", input_size, hidden_size, bias, device, dtype, backend=backend)
+
+    def forward(self, input, hx=None):
+        if hx is None:
+            states = [None, None]
+        elif isinstance(hx, (tuple, list)) and len(hx) == 2:
+            states = list(hx)
+        else:
+            raise RuntimeError(f"hx: expected a tuple (h, c) for LSTMCell, got "
+                               f"{type(hx).__name__}")
+        h, c = self._step(input, states, ["hx[0]", "hx[1]"])
+        return h, c

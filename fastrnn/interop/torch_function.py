@@ -1,0 +1,166 @@
+"""One recurrent layer and direction as a ``torch.autograd.Function`` running on fastrnn.
+
+Its forward calls :func:`fastrnn.forward` on the tensors' memory (see
+:mod:`.torch_bridge`) with weights prepared once per version of the parameters
+(:class:`WeightCache`); its backward calls :func:`fastrnn.backward` and maps the gradients
+back to torch's layout: ``weight_ih = W.T``, ``weight_hh = U.T`` and the two biases
+through the fold of :mod:`.biases`.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from ..core import api as _api
+from ..core.prepared import prepare
+from .biases import fold_biases, fold_gradients
+
+__all__ = ["Run", "WeightCache", "RecurrentFunction"]
+
+
+class Run:
+    """What one layer-direction call needs besides its tensors: the cell, the backend and
+    bridge of the tensors' device, the prepared weights, lengths and direction."""
+
+    __slots__ = ("cell", "backend", "bridge", "weights", "lengths", "reverse", "grad_enabled")
+
+    def __init__(self, cell, backend, bridge, weights, lengths, reverse, grad_enabled):
+        self.cell, self.backend, self.bridge, self.weights = cell, backend, bridge, weights
+        self.lengths, self.reverse, self.grad_enabled = lengths, reverse, grad_enabled
+
+
+def fastrnn_params(spec, br, w_ih, w_hh, b_ih, b_hh) -> dict:
+    """torch weights -> fastrnn params: W and U as transposed views of the tensors' memory,
+    the folded biases as new arrays."""
+    W, U = br.array(w_ih).T, br.array(w_hh).T
+    biases = fold_biases(spec, None if b_ih is None else br.array(b_ih),
+                         None if b_hh is None else br.array(b_hh), U.shape[0], W.dtype, br.xp)
+    return {"W": W, "U": U, **biases}
+
+
+class WeightCache:
+    """The prepared weights of one layer-direction, kept while its parameters stay the same.
+
+    torch bumps a tensor's version counter at every in-place change that autograd can see
+    (optimiser steps, ``load_state_dict``, ``copy_`` under ``no_grad``), and a parameter
+    replaced by another tensor no longer matches the weak reference kept here: either makes
+    the next call prepare again. A change made through ``.data`` bumps no counter
+    (``torch.autograd.gradcheck`` perturbs its inputs that way), so while gradients flow to
+    the weights the cache also compares their values with its snapshot, which costs a read
+    of the weights instead of a new packing. Without gradients (inference) it trusts the
+    counters; call the module's ``flatten_parameters()`` after changing weights through
+    ``.data`` there. Copies and pickles of a module start with an empty cache.
+    """
+
+    __slots__ = ("_refs", "_versions", "_key", "weights")
+
+    def __init__(self):
+        self.clear()
+
+    def clear(self) -> None:
+        self._refs, self._versions, self._key, self.weights = (), (), None, None
+
+    def get(self, spec, backend, bridge, tensors, verify_values: bool = False):
+        """Prepared weights for ``tensors`` (weight_ih, weight_hh, bias_ih, bias_hh; biases
+        may be None) on ``backend``; with ``verify_values`` also when their values changed
+        without a version bump."""
+        versions = tuple(None if t is None else t._version for t in tensors)
+        key = (backend.name, spec.name)
+        same = (self.weights is not None and key == self._key and versions == self._versions
+                and all((r is None) == (t is None) and (r is None or r() is t)
+                        for r, t in zip(self._refs, tensors)))
+        if same and not verify_values:
+            return self.weights
+        with bridge.scope(tensors[0]):
+            params = fastrnn_params(spec, bridge, *tensors)
+            if not (same and self._same_values(bridge.xp, params)):
+                self.weights = prepare(spec, params, backend)
+                self._refs = tuple(None if t is None else weakref.ref(t) for t in tensors)
+                self._versions, self._key = versions, key
+        return self.weights
+
+    def _same_values(self, xp, params) -> bool:
+        kept = self.weights.params
+        return all(bool(xp.array_equal(kept[k], a)) for k, a in params.items())
+
+    def __getstate__(self):
+        return None
+
+    def __setstate__(self, state):
+        self.clear()
+
+    def __deepcopy__(self, memo):
+        return WeightCache()
+
+
+def _graph_kept() -> bool:
+    """Whether the running backward keeps the graph (retain_graph=True); True if unknown."""
+    probe = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
+    if probe is None:
+        return True
+    try:
+        return bool(probe())
+    except RuntimeError:
+        return True
+
+
+class RecurrentFunction(torch.autograd.Function):
+    """One layer, one direction: fastrnn.forward in forward, fastrnn.backward in backward.
+
+    Inputs: run (:class:`Run`), x (T, B, I), h0 (B, H) or None, c0 (B, H) or None (lstm),
+    weight_ih (G*H, I), weight_hh (G*H, H), bias_ih and bias_hh (G*H,) or None; the
+    weights are passed so that autograd computes their gradients and guards their versions,
+    while the computation reads ``run.weights``, prepared from them.
+    Outputs: h (T, B, H) and h_n (B, H), plus c_n (B, H) for lstm.
+    """
+
+    @staticmethod
+    def forward(ctx, run, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+        spec, br = run.cell, run.bridge
+        training = run.grad_enabled and any(ctx.needs_input_grad[1:])
+        with br.scope(x):
+            res = _api.forward(spec, br.array(x), run.weights,
+                               None if h0 is None else br.array(h0),
+                               None if c0 is None else br.array(c0),
+                               lengths=run.lengths, reverse=run.reverse, backend=run.backend,
+                               training=training, guard=False)
+            h = br.output_tensor(res.h) if training else br.tensor(res.h)
+            outs = [h, br.tensor(res.h_n, avoid=res.h)]
+            if spec.has_cell_state:
+                outs.append(br.tensor(res.c_n, avoid=res.h))
+        ctx.set_materialize_grads(False)
+        if training:
+            ctx.run, ctx.tape = run, res.tape
+            # Saved only so torch's version counters refuse a backward after any of them
+            # changed in place (the tape holds x and h themselves, and the weights' snapshot).
+            ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, h)
+        return tuple(outs)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dh, dh_n, dc_n=None):
+        x = ctx.saved_tensors[0]                    # raises if a saved tensor was modified
+        run, tape = ctx.run, ctx.tape
+        if tape is None:
+            raise RuntimeError("fastrnn.torch: backward through this layer a second time; "
+                               "pass retain_graph=True to the first backward to allow it")
+        spec, br = run.cell, run.bridge
+        need = ctx.needs_input_grad
+        with br.scope(x):
+            g = _api.backward(tape, *(None if t is None else br.array(t)
+                                      for t in (dh, dh_n, dc_n)))
+            if not _graph_kept():
+                ctx.tape = None                     # free the saved activations now, like torch
+            xp = br.xp
+            dx = br.tensor(g.dx) if need[1] else None
+            dh0 = br.tensor(g.dh0) if need[2] else None
+            dc0 = br.tensor(g.dc0) if need[3] else None
+            dw_ih = br.tensor(xp.ascontiguousarray(g.params["W"].T)) if need[4] else None
+            dw_hh = br.tensor(xp.ascontiguousarray(g.params["U"].T)) if need[5] else None
+            db_ih, db_hh = fold_gradients(spec, g.params["b"], g.params.get("bn"), xp)
+            db_ih = br.tensor(db_ih) if need[6] else None
+            db_hh = br.tensor(db_hh) if need[7] else None
+        return None, dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh
