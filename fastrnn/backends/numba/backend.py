@@ -29,11 +29,11 @@ from __future__ import annotations
 import numpy as np
 
 from ..base import Backend, BackwardOut, ForwardOut
-from . import kernels
-from . import workspace
+from . import kernels, workspace
 from .buffers import chunk_size, dummy, full_lengths, gemm_out, padded_rows
 from .gemm import (MR, NR, matmul, matmul_packed, pack_panels, padded, panel_column_sums,
                    panel_matmul)
+from .launch import launch
 from .stepper import NumbaStepRunner
 from .weights import NumbaWeights
 
@@ -113,26 +113,24 @@ class NumbaBackend(Backend):
         saved = _Saved(hs=hs, out=out, hprev=hprev, lens=lens, masked=masked)
         if cell.name == "lstm":
             gates, cprev, tanhc = tape(T, B, 4 * H), tape(T, B, H), tape(T, B, H)
-            kernels.lstm_forward(x, Wp, Up, b, h, c, lens, reverse, out, hprev, gates, cprev,
-                                 tanhc, training, xs, ax, gemm_out(Bp, 4 * H, dt),
-                                 np.empty((Bp, 4 * H), dt), np.empty((Bp, H), dt), chunk)
+            launch(kernels.lstm_forward, Bp, chunk, x, Wp, Up, b, h, c, lens, reverse, out, hprev,
+                   gates, cprev, tanhc, training, xs, ax, gemm_out(Bp, 4 * H, dt),
+                   np.empty((Bp, 4 * H), dt), np.empty((Bp, H), dt))
             saved.update(gates=gates, cprev=cprev, tanhc=tanhc)
         elif cell.name == "gru":
             gates = tape(T, B, 4 * H)
-            kernels.gru_forward(x, Wp, Up, b, bn, h, lens, reverse, out, hprev, gates, training,
-                                xs, ax, gemm_out(Bp, 3 * H, dt), np.empty((Bp, 4 * H), dt),
-                                chunk)
+            launch(kernels.gru_forward, Bp, chunk, x, Wp, Up, b, bn, h, lens, reverse, out, hprev,
+                   gates, training, xs, ax, gemm_out(Bp, 3 * H, dt), np.empty((Bp, 4 * H), dt))
             saved.update(gates=gates)
         elif cell.name == "gru_reset_before":
             gates = tape(T, B, 3 * H)
-            kernels.grurb_forward(x, Wp, Up, weights.Up_n, b, h, lens, reverse, out, hprev,
-                                  gates, training, xs, ax, gemm_out(Bp, 2 * H, dt),
-                                  np.zeros((Bp, H), dt), gemm_out(Bp, H, dt),
-                                  np.empty((Bp, 3 * H), dt), chunk)
+            launch(kernels.grurb_forward, Bp, chunk, x, Wp, Up, weights.Up_n, b, h, lens, reverse,
+                   out, hprev, gates, training, xs, ax, gemm_out(Bp, 2 * H, dt),
+                   np.zeros((Bp, H), dt), gemm_out(Bp, H, dt), np.empty((Bp, 3 * H), dt))
             saved.update(gates=gates)
         else:
-            kernels.rnn_forward(x, Wp, Up, b, cell.nonlinearity == "relu", h, lens, reverse,
-                                out, hprev, training, xs, ax, gemm_out(Bp, H, dt), chunk)
+            launch(kernels.rnn_forward, Bp, chunk, x, Wp, Up, b, cell.nonlinearity == "relu", h,
+                   lens, reverse, out, hprev, training, xs, ax, gemm_out(Bp, H, dt))
         lease.give_when_freed(saved)
         # The caller gets its own view of out, so flags it sets do not reach the tape's.
         return ForwardOut(out[...], h[:B], None if c is None else c[:B],
@@ -165,30 +163,30 @@ class NumbaBackend(Backend):
             if dc_n is not None:
                 dc_carry[:B] = dc_n
             dGp = _panels(lease, T * B, 4 * H, dt, masked)
-            kernels.lstm_backward(saved["gates"], saved["cprev"], saved["tanhc"], UTp, lens,
-                                  reverse, dh_arr, has_dh, dh_carry, dc_carry, dGp,
-                                  np.zeros((Bp, 4 * H), dt), chunk)
+            launch(kernels.lstm_backward, Bp, chunk, saved["gates"], saved["cprev"],
+                   saved["tanhc"], UTp, lens, reverse, dh_arr, has_dh, dh_carry, dc_carry, dGp,
+                   np.zeros((Bp, 4 * H), dt))
         elif cell.name == "gru":
             dGp = _panels(lease, T * B, 3 * H, dt, masked)
             u_panels = _panels(lease, T * B, 3 * H, dt, masked)  # (da_r, da_z, dhn): U's grad
-            kernels.gru_backward(saved["gates"], hprev, UTp, lens, reverse, dh_arr, has_dh,
-                                 dh_carry, dGp, u_panels, np.zeros((Bp, 3 * H), dt),
-                                 np.empty((Bp, 3 * H), dt), chunk)
+            launch(kernels.gru_backward, Bp, chunk, saved["gates"], hprev, UTp, lens, reverse,
+                   dh_arr, has_dh, dh_carry, dGp, u_panels, np.zeros((Bp, 3 * H), dt),
+                   np.empty((Bp, 3 * H), dt))
             grads["bn"] = panel_column_sums(u_panels, 3 * H)[2 * H:]
         elif cell.name == "gru_reset_before":
             dGx = lease.take((T, B, 3 * H), dt, zero=masked)
             rh = lease.take((T, B, H), dt, zero=masked)
-            kernels.grurb_backward(saved["gates"], hprev, UTp, UTp_n, lens, reverse, dh_arr,
-                                   has_dh, dh_carry, dGx, rh, np.zeros((Bp, H), dt),
-                                   np.zeros((Bp, 2 * H), dt), gemm_out(Bp, H, dt), chunk)
+            launch(kernels.grurb_backward, Bp, chunk, saved["gates"], hprev, UTp, UTp_n, lens,
+                   reverse, dh_arr, has_dh, dh_carry, dGx, rh, np.zeros((Bp, H), dt),
+                   np.zeros((Bp, 2 * H), dt), gemm_out(Bp, H, dt))
         else:
             dG = lease.take((T, B, H), dt, zero=masked)
             out = saved["out"]
             if not out.flags.writeable:          # numba would compile a read-only variant
                 out = out.view()
                 out.flags.writeable = True
-            kernels.rnn_backward(out, hprev, UTp, cell.nonlinearity == "relu", lens, reverse,
-                                 dh_arr, has_dh, dh_carry, dG, np.zeros((Bp, H), dt), chunk)
+            launch(kernels.rnn_backward, Bp, chunk, out, hprev, UTp, cell.nonlinearity == "relu",
+                   lens, reverse, dh_arr, has_dh, dh_carry, dG, np.zeros((Bp, H), dt))
             dGx = dG
 
         rows = T * B

@@ -37,7 +37,7 @@ LANES = {4: 16 if _WIDE else 8, 8: 8 if _WIDE else 4}    # vector lanes per item
 NR = {size: 4 * lanes for size, lanes in LANES.items()}  # columns of a tile: 4 vectors
 
 
-def _microkernel_codegen(float_type, lanes):
+def _microkernel_codegen(float_type, lanes, rows):
     i64 = ir.IntType(64)
 
     def codegen(context, builder, signature, args):
@@ -51,7 +51,7 @@ def _microkernel_codegen(float_type, lanes):
         Bp = builder.inttoptr(bp_addr, fptr)
         C = builder.inttoptr(c_addr, fptr)
         zero = ir.Constant(vec, [0.0] * lanes)
-        accs = [cgutils.alloca_once_value(builder, zero) for _ in range(MR * 4)]
+        accs = [cgutils.alloca_once_value(builder, zero) for _ in range(rows * 4)]
         splat = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)
         with cgutils.for_range(builder, K) as loop:
             k = loop.index
@@ -59,7 +59,7 @@ def _microkernel_codegen(float_type, lanes):
             b = [builder.load(builder.bitcast(builder.gep(row, [ir.Constant(i64, lanes * q)]),
                                               vptr), align=4)
                  for q in range(4)]
-            for r in range(MR):
+            for r in range(rows):
                 a = builder.load(builder.gep(A, [builder.add(
                     builder.mul(ir.Constant(i64, r), a_rs), builder.mul(k, a_ks))]), align=4)
                 av = builder.insert_element(ir.Constant(vec, None), a, ir.Constant(ir.IntType(32), 0))
@@ -68,7 +68,7 @@ def _microkernel_codegen(float_type, lanes):
                     acc = accs[r * 4 + q]
                     builder.store(builder.call(fma, [av, b[q], builder.load(acc)]), acc)
         add = builder.icmp_signed("!=", accumulate, ir.Constant(i64, 0))
-        for r in range(MR):
+        for r in range(rows):
             for q in range(4):
                 offset = builder.add(builder.mul(ir.Constant(i64, r), ldc),
                                      ir.Constant(i64, lanes * q))
@@ -83,20 +83,25 @@ def _microkernel_codegen(float_type, lanes):
 _SIG = types.void(*([types.int64] * 9))
 
 
-@intrinsic
-def microkernel_f32(typingctx, a_addr, a_rs, a_ks, b_addr, ldb, K, c_addr, ldc, accumulate):
-    """C[0:MR, 0:NR] (+)= A[0:MR, 0:K] @ B[0:K, 0:NR], float32.
+def _microkernel(float_type, lanes: int, rows: int, name: str):
+    """The intrinsic C[0:rows, 0:NR] (+)= A[0:rows, 0:K] @ B[0:K, 0:NR].
 
     Addresses in bytes; strides in elements: A[r, k] at a_addr + (r*a_rs + k*a_ks), B's
-    rows ldb apart (NR for a packed panel), C's rows ldc apart.
+    rows ldb apart (NR for a packed panel), C's rows ldc apart. One variant per row count,
+    so a batch of one row does one row's work, not MR rows'.
     """
-    return _SIG, _microkernel_codegen(ir.FloatType(), LANES[4])
+    def typer(typingctx, a_addr, a_rs, a_ks, b_addr, ldb, K, c_addr, ldc, accumulate):
+        return _SIG, _microkernel_codegen(float_type, lanes, rows)
+    typer.__name__ = typer.__qualname__ = name
+    return intrinsic(typer)
 
 
-@intrinsic
-def microkernel_f64(typingctx, a_addr, a_rs, a_ks, b_addr, ldb, K, c_addr, ldc, accumulate):
-    """The float64 twin of :func:`microkernel_f32`."""
-    return _SIG, _microkernel_codegen(ir.DoubleType(), LANES[8])
+_f32, _f64 = ir.FloatType(), ir.DoubleType()
+mk32_1, mk32_2, mk32_3, mk32_4 = (_microkernel(_f32, LANES[4], r, f"microkernel_f32_{r}")
+                                  for r in (1, 2, 3, 4))
+mk64_1, mk64_2, mk64_3, mk64_4 = (_microkernel(_f64, LANES[8], r, f"microkernel_f64_{r}")
+                                  for r in (1, 2, 3, 4))
+assert MR == 4, "the tile() dispatch below has one microkernel per row count up to MR"
 
 
 def pack_panels(U: np.ndarray) -> np.ndarray:
@@ -114,18 +119,34 @@ def padded(n: int, multiple: int) -> int:
 
 
 @njit(**JIT)
-def tile(a_addr, a_rs, a_ks, b_addr, ldb, K, c_addr, ldc, accumulate, size):
+def tile(a_addr, a_rs, a_ks, b_addr, ldb, K, c_addr, ldc, accumulate, size, rows):
+    """One tile of C: ``rows`` (1..MR) rows by NR columns, float32 (size 4) or float64."""
     if size == 4:
-        microkernel_f32(a_addr, a_rs, a_ks, b_addr, ldb, K, c_addr, ldc, accumulate)
+        if rows >= 4:
+            mk32_4(a_addr, a_rs, a_ks, b_addr, ldb, K, c_addr, ldc, accumulate)
+        elif rows == 1:
+            mk32_1(a_addr, a_rs, a_ks, b_addr, ldb, K, c_addr, ldc, accumulate)
+        elif rows == 2:
+            mk32_2(a_addr, a_rs, a_ks, b_addr, ldb, K, c_addr, ldc, accumulate)
+        else:
+            mk32_3(a_addr, a_rs, a_ks, b_addr, ldb, K, c_addr, ldc, accumulate)
     else:
-        microkernel_f64(a_addr, a_rs, a_ks, b_addr, ldb, K, c_addr, ldc, accumulate)
+        if rows >= 4:
+            mk64_4(a_addr, a_rs, a_ks, b_addr, ldb, K, c_addr, ldc, accumulate)
+        elif rows == 1:
+            mk64_1(a_addr, a_rs, a_ks, b_addr, ldb, K, c_addr, ldc, accumulate)
+        elif rows == 2:
+            mk64_2(a_addr, a_rs, a_ks, b_addr, ldb, K, c_addr, ldc, accumulate)
+        else:
+            mk64_3(a_addr, a_rs, a_ks, b_addr, ldb, K, c_addr, ldc, accumulate)
 
 
 @njit(**JIT)
 def packed_gemm(A, r0, r1, Up, C, accumulate):
     """C[r0:r1] (+)= A[r0:r1] @ U for U packed by :func:`pack_panels`.
 
-    A (M, K) and C (M, >= P*NR) C-contiguous; r0, r1 multiples of MR within M.
+    A (M, K) and C (M, >= P*NR) C-contiguous; r0 a multiple of MR, r1 <= M any row (the
+    rows from r1 to the next multiple of MR are neither read nor written).
     """
     P, K, nr = Up.shape
     lda, ldc = A.shape[1], C.shape[1]
@@ -134,12 +155,12 @@ def packed_gemm(A, r0, r1, Up, C, accumulate):
     for p in range(P):                      # a panel is read once and used by every tile
         for i in range(r0, r1, MR):
             tile(a0 + i * lda * size, lda, 1, u0 + p * K * nr * size, nr, K,
-                 c0 + (i * ldc + p * nr) * size, ldc, accumulate, size)
+                 c0 + (i * ldc + p * nr) * size, ldc, accumulate, size, min(MR, r1 - i))
 
 
-@njit(**dict(JIT, parallel=True))
-def _gemm_rows(A, Bp, C, tiles_per_chunk):
-    """C[:Mt] = A[:Mt] @ B for the Mt = MR * (M // MR) rows of whole tiles, threaded.
+@njit(**JIT)
+def _gemm_tiles(A, Bp, C, t0, t1):
+    """C[i] = A[i] @ B for the rows i of the MR-row tiles t0..t1, on the calling thread.
 
     A any strides (a view); B packed by :func:`pack_panels`, Bp (P, K, NR); C (M, P*NR).
     """
@@ -148,18 +169,23 @@ def _gemm_rows(A, Bp, C, tiles_per_chunk):
     ldc = C.shape[1]
     size = A.itemsize
     a_rs, a_ks = A.strides[0] // size, A.strides[1] // size
-    tiles = M // MR
+    for mb in range(t0, t1, MC // MR):              # MC rows of C stay in cache over all K
+        for kb in range(0, K, KC):                  # a KC x NR panel block of B in L1/L2
+            kc = min(KC, K - kb)
+            for p in range(P):
+                for ti in range(mb, min(mb + MC // MR, t1)):
+                    i = ti * MR
+                    tile(A.ctypes.data + (i * a_rs + kb * a_ks) * size, a_rs, a_ks,
+                         Bp.ctypes.data + ((p * K + kb) * nr) * size, nr, kc,
+                         C.ctypes.data + (i * ldc + p * nr) * size, ldc, kb > 0, size, MR)
+
+
+@njit(**dict(JIT, parallel=True))
+def _gemm_tiles_threaded(A, Bp, C, tiles_per_chunk):
+    """:func:`_gemm_tiles` over all whole tiles of A, chunks of tiles on Numba's threads."""
+    tiles = A.shape[0] // MR
     for ci in prange(-(-tiles // tiles_per_chunk)):
-        t0, t1 = ci * tiles_per_chunk, min((ci + 1) * tiles_per_chunk, tiles)
-        for mb in range(t0, t1, MC // MR):          # MC rows of C stay in cache over all K
-            for kb in range(0, K, KC):              # a KC x NR panel block of B in L1/L2
-                kc = min(KC, K - kb)
-                for p in range(P):
-                    for ti in range(mb, min(mb + MC // MR, t1)):
-                        i = ti * MR
-                        tile(A.ctypes.data + (i * a_rs + kb * a_ks) * size, a_rs, a_ks,
-                             Bp.ctypes.data + ((p * K + kb) * nr) * size, nr, kc,
-                             C.ctypes.data + (i * ldc + p * nr) * size, ldc, kb > 0, size)
+        _gemm_tiles(A, Bp, C, ci * tiles_per_chunk, min((ci + 1) * tiles_per_chunk, tiles))
 
 
 def matmul(A: np.ndarray, B: np.ndarray) -> np.ndarray:
@@ -203,13 +229,17 @@ def matmul_packed(A: np.ndarray, Bp: np.ndarray, n: int) -> np.ndarray:
     C = np.empty((Mp, P * nr), dtype=A.dtype)
     tiles = Mp // MR
     threads = max(1, min(numba.get_num_threads(), tiles))
-    _gemm_rows(A, Bp, C, -(-tiles // threads))
+    if threads == 1:
+        _gemm_tiles(A, Bp, C, 0, tiles)
+    else:
+        _gemm_tiles_threaded(A, Bp, C, -(-tiles // threads))
     return C[:M, :n]
 
 
-@njit(**dict(JIT, parallel=True))
-def _gemm_panel_rows(Ap, K, Bp, C, tiles_per_chunk):
-    """C = A @ B for A stored as panels, A[r, p*NR + j] = Ap[p, r, j] (K real columns).
+@njit(**JIT)
+def _panel_gemm_tiles(Ap, K, Bp, C, t0, t1):
+    """C = A @ B on the MR-row tiles t0..t1 for A stored as panels, A[r, p*NR + j] =
+    Ap[p, r, j] (K real columns), on the calling thread.
 
     Ap (PA, M, NR) with M a multiple of MR, Bp (PB, >= K, NR) packed; C (M, PB*NR). Each
     panel of A is one depth block of the product.
@@ -218,17 +248,23 @@ def _gemm_panel_rows(Ap, K, Bp, C, tiles_per_chunk):
     PB, Kb, nrb = Bp.shape
     ldc = C.shape[1]
     size = Ap.itemsize
-    tiles = M // MR
+    for ti in range(t0, t1):
+        i = ti * MR
+        for q in range(PB):
+            for p in range(PA):
+                kc = min(nra, K - p * nra)
+                tile(Ap.ctypes.data + (p * M + i) * nra * size, nra, 1,
+                     Bp.ctypes.data + (q * Kb + p * nra) * nrb * size, nrb, kc,
+                     C.ctypes.data + (i * ldc + q * nrb) * size, ldc, p > 0, size, MR)
+
+
+@njit(**dict(JIT, parallel=True))
+def _panel_gemm_tiles_threaded(Ap, K, Bp, C, tiles_per_chunk):
+    """:func:`_panel_gemm_tiles` over all tiles, chunks of tiles on Numba's threads."""
+    tiles = Ap.shape[1] // MR
     for ci in prange(-(-tiles // tiles_per_chunk)):
-        t0, t1 = ci * tiles_per_chunk, min((ci + 1) * tiles_per_chunk, tiles)
-        for ti in range(t0, t1):
-            i = ti * MR
-            for q in range(PB):
-                for p in range(PA):
-                    kc = min(nra, K - p * nra)
-                    tile(Ap.ctypes.data + (p * M + i) * nra * size, nra, 1,
-                         Bp.ctypes.data + (q * Kb + p * nra) * nrb * size, nrb, kc,
-                         C.ctypes.data + (i * ldc + q * nrb) * size, ldc, p > 0, size)
+        _panel_gemm_tiles(Ap, K, Bp, C, ci * tiles_per_chunk,
+                          min((ci + 1) * tiles_per_chunk, tiles))
 
 
 def panel_matmul(Ap: np.ndarray, K: int, B: np.ndarray, Bp: np.ndarray | None = None
@@ -246,7 +282,10 @@ def panel_matmul(Ap: np.ndarray, K: int, B: np.ndarray, Bp: np.ndarray | None = 
     tiles = M // MR
     if tiles:
         threads = max(1, min(numba.get_num_threads(), tiles))
-        _gemm_panel_rows(Ap, K, Bp, C, -(-tiles // threads))
+        if threads == 1:
+            _panel_gemm_tiles(Ap, K, Bp, C, 0, tiles)
+        else:
+            _panel_gemm_tiles_threaded(Ap, K, Bp, C, -(-tiles // threads))
     if M % MR:                                   # the last rows, unpacked, through NumPy
         tail = Ap[:, tiles * MR:].transpose(1, 0, 2).reshape(M - tiles * MR, PA * nr)
         C[tiles * MR:, :N] = tail[:, :K] @ B

@@ -109,7 +109,7 @@ def recurrent_grad(dG, s, lengths, reverse, ws, UTp, dh_carry, b0, b1):
     carry stays as it is.
     """
     gather_rows(dG, s, lengths, reverse, ws, b0, b1)
-    packed_gemm(ws, b0, b1, UTp, dh_carry, 1)
+    packed_gemm(ws, b0, min(b1, lengths.shape[0]), UTp, dh_carry, 1)
 
 
 # ------------------------------------------------------------------------------ Elman RNN
@@ -125,25 +125,34 @@ def rnn_row(x, a, bias, relu, h, o, H):
         o[j] = hn
 
 
+@njit(**JIT)
+def rnn_forward_rows(x, Wp, Up, bias, relu, h, lengths, reverse, out, hprev, training, xs, ax, acc,
+                     b0, b1):
+    """The loop of :func:`rnn_forward` for the batch rows b0..b1 (whole MR-row tiles),
+    on the calling thread."""
+    T, B, H = out.shape
+    for s in range(T):
+        gather_rows(x, s, lengths, reverse, xs, b0, b1)
+        packed_gemm(xs, b0, min(b1, B), Wp, ax, 0)
+        packed_gemm(h, b0, min(b1, B), Up, acc, 0)
+        for b in range(b0, min(b1, B)):
+            if s >= lengths[b]:
+                continue
+            t = time_of(s, b, lengths, reverse)
+            if training:
+                copy_row(hprev[t, b], h[b], H)
+            rnn_row(ax[b], acc[b], bias, relu, h[b], out[t, b], H)
+
+
 @njit(**PARALLEL)
 def rnn_forward(x, Wp, Up, bias, relu, h, lengths, reverse, out, hprev, training, xs, ax, acc,
                 chunk):
     """Matches reference.rnn_step over all steps. h (Bp, H) holds h0 and ends as h_n."""
-    T, B, H = out.shape
     Bp = h.shape[0]
     for ci in prange(-(-Bp // chunk)):
         b0, b1 = chunk_rows(ci, chunk, Bp)
-        for s in range(T):
-            gather_rows(x, s, lengths, reverse, xs, b0, b1)
-            packed_gemm(xs, b0, b1, Wp, ax, 0)
-            packed_gemm(h, b0, b1, Up, acc, 0)
-            for b in range(b0, min(b1, B)):
-                if s >= lengths[b]:
-                    continue
-                t = time_of(s, b, lengths, reverse)
-                if training:
-                    copy_row(hprev[t, b], h[b], H)
-                rnn_row(ax[b], acc[b], bias, relu, h[b], out[t, b], H)
+        rnn_forward_rows(x, Wp, Up, bias, relu, h, lengths, reverse, out, hprev, training, xs, ax,
+                         acc, b0, b1)
 
 
 @njit(**JIT)
@@ -158,22 +167,31 @@ def rnn_bwd_row(dhc, o, relu, d, H):
         dhc[j] = zero
 
 
+@njit(**JIT)
+def rnn_backward_rows(out, hprev, UTp, relu, lengths, reverse, dh, has_dh, dh_carry, dG, ws, b0,
+                      b1):
+    """The loop of :func:`rnn_backward` for the batch rows b0..b1 (whole MR-row tiles),
+    on the calling thread."""
+    T, B, H = out.shape
+    for s in range(T - 1, -1, -1):
+        for b in range(b0, min(b1, B)):
+            if s >= lengths[b]:
+                continue
+            t = time_of(s, b, lengths, reverse)
+            if has_dh:
+                add_row(dh_carry[b], dh[t, b], H)
+            rnn_bwd_row(dh_carry[b], out[t, b], relu, dG[t, b], H)
+        recurrent_grad(dG, s, lengths, reverse, ws, UTp, dh_carry, b0, b1)
+
+
 @njit(**PARALLEL)
 def rnn_backward(out, hprev, UTp, relu, lengths, reverse, dh, has_dh, dh_carry, dG, ws, chunk):
     """Matches reference.rnn_step_backward over all steps; fills dG (T, B, H) = dL/da."""
-    T, B, H = out.shape
     Bp = dh_carry.shape[0]
     for ci in prange(-(-Bp // chunk)):
         b0, b1 = chunk_rows(ci, chunk, Bp)
-        for s in range(T - 1, -1, -1):
-            for b in range(b0, min(b1, B)):
-                if s >= lengths[b]:
-                    continue
-                t = time_of(s, b, lengths, reverse)
-                if has_dh:
-                    add_row(dh_carry[b], dh[t, b], H)
-                rnn_bwd_row(dh_carry[b], out[t, b], relu, dG[t, b], H)
-            recurrent_grad(dG, s, lengths, reverse, ws, UTp, dh_carry, b0, b1)
+        rnn_backward_rows(out, hprev, UTp, relu, lengths, reverse, dh, has_dh, dh_carry, dG, ws,
+                          b0, b1)
 
 
 # ----------------------------------------------------------------------------------- LSTM
@@ -197,6 +215,33 @@ def lstm_state_row(g, c, h, o, tc, H):
     copy_row(o, h, H)
 
 
+@njit(**JIT)
+def lstm_forward_rows(x, Wp, Up, bias, h, c, lengths, reverse, out, hprev, gates, cprev, tanhc,
+                      training, xs, ax, acc, scratch_g, scratch_tc, b0, b1):
+    """The loop of :func:`lstm_forward` for the batch rows b0..b1 (whole MR-row tiles),
+    on the calling thread."""
+    T, B, H = out.shape
+    for s in range(T):
+        gather_rows(x, s, lengths, reverse, xs, b0, b1)
+        packed_gemm(xs, b0, min(b1, B), Wp, ax, 0)
+        packed_gemm(h, b0, min(b1, B), Up, acc, 0)
+        for b in range(b0, min(b1, B)):
+            if s >= lengths[b]:
+                continue
+            t = time_of(s, b, lengths, reverse)
+            if training:
+                g, tc = gates[t, b], tanhc[t, b]
+                copy_row(cprev[t, b], c[b], H)
+                copy_row(hprev[t, b], h[b], H)
+            else:
+                g, tc = scratch_g[b], scratch_tc[b]
+            xb, a = ax[b], acc[b]
+            gates_sigm(g, xb, a, bias, 0, 2 * H)
+            gates_tanh(g, xb, a, bias, 2 * H, 3 * H)
+            gates_sigm(g, xb, a, bias, 3 * H, 4 * H)
+            lstm_state_row(g, c[b], h[b], out[t, b], tc, H)
+
+
 @njit(**PARALLEL)
 def lstm_forward(x, Wp, Up, bias, h, c, lengths, reverse, out, hprev, gates, cprev, tanhc,
                  training, xs, ax, acc, scratch_g, scratch_tc, chunk):
@@ -205,29 +250,11 @@ def lstm_forward(x, Wp, Up, bias, h, c, lengths, reverse, out, hprev, gates, cpr
     Tape per (t, b): gates i, f, g, o (4H), c_prev, tanh(c_new) and h_prev (H each).
     scratch_g (Bp, 4H) and scratch_tc (Bp, H) take them when no tape is kept.
     """
-    T, B, H = out.shape
     Bp = h.shape[0]
     for ci in prange(-(-Bp // chunk)):
         b0, b1 = chunk_rows(ci, chunk, Bp)
-        for s in range(T):
-            gather_rows(x, s, lengths, reverse, xs, b0, b1)
-            packed_gemm(xs, b0, b1, Wp, ax, 0)
-            packed_gemm(h, b0, b1, Up, acc, 0)
-            for b in range(b0, min(b1, B)):
-                if s >= lengths[b]:
-                    continue
-                t = time_of(s, b, lengths, reverse)
-                if training:
-                    g, tc = gates[t, b], tanhc[t, b]
-                    copy_row(cprev[t, b], c[b], H)
-                    copy_row(hprev[t, b], h[b], H)
-                else:
-                    g, tc = scratch_g[b], scratch_tc[b]
-                xb, a = ax[b], acc[b]
-                gates_sigm(g, xb, a, bias, 0, 2 * H)
-                gates_tanh(g, xb, a, bias, 2 * H, 3 * H)
-                gates_sigm(g, xb, a, bias, 3 * H, 4 * H)
-                lstm_state_row(g, c[b], h[b], out[t, b], tc, H)
+        lstm_forward_rows(x, Wp, Up, bias, h, c, lengths, reverse, out, hprev, gates, cprev, tanhc,
+                          training, xs, ax, acc, scratch_g, scratch_tc, b0, b1)
 
 
 @njit(**JIT)
@@ -261,31 +288,40 @@ def lstm_bwd_row(g, cp, tc, dhc, dcc, d, H):
         dcc[j] = dc * f
 
 
+@njit(**JIT)
+def lstm_backward_rows(gates, cprev, tanhc, UTp, lengths, reverse, dh, has_dh, dh_carry, dc_carry,
+                       dGp, ws, b0, b1):
+    """The loop of :func:`lstm_backward` for the batch rows b0..b1 (whole MR-row tiles),
+    on the calling thread."""
+    T, B, H = cprev.shape
+    zero = ws.dtype.type(0)
+    for s in range(T - 1, -1, -1):
+        for b in range(b0, min(b1, B)):
+            if s >= lengths[b]:
+                fill_row(ws[b], zero, 4 * H)
+                continue
+            t = time_of(s, b, lengths, reverse)
+            if has_dh:
+                add_row(dh_carry[b], dh[t, b], H)
+            lstm_bwd_row(gates[t, b], cprev[t, b], tanhc[t, b], dh_carry[b], dc_carry[b],
+                         ws[b], H)
+            store_panels(dGp, t * B + b, ws[b], 4 * H)
+        packed_gemm(ws, b0, min(b1, B), UTp, dh_carry, 1)
+
+
 @njit(**PARALLEL)
-def lstm_backward(gates, cprev, tanhc, UTp, lengths, reverse, dh, has_dh, dh_carry, dc_carry,
-                  dGp, ws, chunk):
+def lstm_backward(gates, cprev, tanhc, UTp, lengths, reverse, dh, has_dh, dh_carry, dc_carry, dGp,
+                  ws, chunk):
     """Matches reference.lstm_step_backward over all steps.
 
     Fills dGp (P, T*B, NR), the gate gradients dL/da (T*B, 4H) in panels (row t*B + b),
     ready to be the packed operand of dW and dU. ws (Bp, 4H) must start zero.
     """
-    T, B, H = cprev.shape
     Bp = dh_carry.shape[0]
-    zero = ws.dtype.type(0)
     for ci in prange(-(-Bp // chunk)):
         b0, b1 = chunk_rows(ci, chunk, Bp)
-        for s in range(T - 1, -1, -1):
-            for b in range(b0, min(b1, B)):
-                if s >= lengths[b]:
-                    fill_row(ws[b], zero, 4 * H)
-                    continue
-                t = time_of(s, b, lengths, reverse)
-                if has_dh:
-                    add_row(dh_carry[b], dh[t, b], H)
-                lstm_bwd_row(gates[t, b], cprev[t, b], tanhc[t, b], dh_carry[b], dc_carry[b],
-                             ws[b], H)
-                store_panels(dGp, t * B + b, ws[b], 4 * H)
-            packed_gemm(ws, b0, b1, UTp, dh_carry, 1)
+        lstm_backward_rows(gates, cprev, tanhc, UTp, lengths, reverse, dh, has_dh, dh_carry,
+                           dc_carry, dGp, ws, b0, b1)
 
 
 # ------------------------------------------------------------------------------------ GRU
@@ -308,33 +344,42 @@ def gru_state_row(g, x, a, bias, bn, h, o, H):
         o[j] = hnew
 
 
+@njit(**JIT)
+def gru_forward_rows(x, Wp, Up, bias, bn, h, lengths, reverse, out, hprev, gates, training, xs, ax,
+                     acc, scratch, b0, b1):
+    """The loop of :func:`gru_forward` for the batch rows b0..b1 (whole MR-row tiles),
+    on the calling thread."""
+    T, B, H = out.shape
+    for s in range(T):
+        gather_rows(x, s, lengths, reverse, xs, b0, b1)
+        packed_gemm(xs, b0, min(b1, B), Wp, ax, 0)
+        packed_gemm(h, b0, min(b1, B), Up, acc, 0)
+        for b in range(b0, min(b1, B)):
+            if s >= lengths[b]:
+                continue
+            t = time_of(s, b, lengths, reverse)
+            if training:
+                g = gates[t, b]
+                copy_row(hprev[t, b], h[b], H)
+            else:
+                g = scratch[b]
+            xb, a = ax[b], acc[b]
+            gates_sigm(g, xb, a, bias, 0, 2 * H)
+            gru_state_row(g, xb, a, bias, bn, h[b], out[t, b], H)
+
+
 @njit(**PARALLEL)
-def gru_forward(x, Wp, Up, bias, bn, h, lengths, reverse, out, hprev, gates, training, xs, ax,
-                acc, scratch, chunk):
+def gru_forward(x, Wp, Up, bias, bn, h, lengths, reverse, out, hprev, gates, training, xs, ax, acc,
+                scratch, chunk):
     """Matches reference.gru_step (reset after, cell 'gru') over all steps.
 
     Tape per (t, b): r, z, n and hn = h @ U_n + bn (4H), h_prev (H). scratch (Bp, 4H).
     """
-    T, B, H = out.shape
     Bp = h.shape[0]
     for ci in prange(-(-Bp // chunk)):
         b0, b1 = chunk_rows(ci, chunk, Bp)
-        for s in range(T):
-            gather_rows(x, s, lengths, reverse, xs, b0, b1)
-            packed_gemm(xs, b0, b1, Wp, ax, 0)
-            packed_gemm(h, b0, b1, Up, acc, 0)
-            for b in range(b0, min(b1, B)):
-                if s >= lengths[b]:
-                    continue
-                t = time_of(s, b, lengths, reverse)
-                if training:
-                    g = gates[t, b]
-                    copy_row(hprev[t, b], h[b], H)
-                else:
-                    g = scratch[b]
-                xb, a = ax[b], acc[b]
-                gates_sigm(g, xb, a, bias, 0, 2 * H)
-                gru_state_row(g, xb, a, bias, bn, h[b], out[t, b], H)
+        gru_forward_rows(x, Wp, Up, bias, bn, h, lengths, reverse, out, hprev, gates, training, xs,
+                         ax, acc, scratch, b0, b1)
 
 
 @njit(**JIT)
@@ -365,32 +410,41 @@ def gru_bwd_row(g, hp, dhc, dx_row, w, H):
         w[two_h + j] = dx_row[two_h + j] * g[j]
 
 
+@njit(**JIT)
+def gru_backward_rows(gates, hprev, UTp, lengths, reverse, dh, has_dh, dh_carry, dGxp, wp, ws,
+                      scratch, b0, b1):
+    """The loop of :func:`gru_backward` for the batch rows b0..b1 (whole MR-row tiles),
+    on the calling thread."""
+    T, B, H = hprev.shape
+    zero = ws.dtype.type(0)
+    for s in range(T - 1, -1, -1):
+        for b in range(b0, min(b1, B)):
+            if s >= lengths[b]:
+                fill_row(ws[b], zero, 3 * H)
+                continue
+            t = time_of(s, b, lengths, reverse)
+            if has_dh:
+                add_row(dh_carry[b], dh[t, b], H)
+            gru_bwd_row(gates[t, b], hprev[t, b], dh_carry[b], scratch[b], ws[b], H)
+            store_panels(dGxp, t * B + b, scratch[b], 3 * H)
+            store_panels(wp, t * B + b, ws[b], 3 * H)
+        packed_gemm(ws, b0, min(b1, B), UTp, dh_carry, 1)
+
+
 @njit(**PARALLEL)
-def gru_backward(gates, hprev, UTp, lengths, reverse, dh, has_dh, dh_carry, dGxp, wp, ws,
-                 scratch, chunk):
+def gru_backward(gates, hprev, UTp, lengths, reverse, dh, has_dh, dh_carry, dGxp, wp, ws, scratch,
+                 chunk):
     """Matches reference.gru_step_backward for 'gru'.
 
     Fills, as panels (P, T*B, NR) with row t*B + b: dGxp = dL/d(xW + b) (3H columns) and
     wp = (da_r, da_z, dL/d(h @ U_n + bn)), the gradient that meets U. ws (Bp, 3H) must
     start zero; scratch (Bp, 3H) is workspace.
     """
-    T, B, H = hprev.shape
     Bp = dh_carry.shape[0]
-    zero = ws.dtype.type(0)
     for ci in prange(-(-Bp // chunk)):
         b0, b1 = chunk_rows(ci, chunk, Bp)
-        for s in range(T - 1, -1, -1):
-            for b in range(b0, min(b1, B)):
-                if s >= lengths[b]:
-                    fill_row(ws[b], zero, 3 * H)
-                    continue
-                t = time_of(s, b, lengths, reverse)
-                if has_dh:
-                    add_row(dh_carry[b], dh[t, b], H)
-                gru_bwd_row(gates[t, b], hprev[t, b], dh_carry[b], scratch[b], ws[b], H)
-                store_panels(dGxp, t * B + b, scratch[b], 3 * H)
-                store_panels(wp, t * B + b, ws[b], 3 * H)
-            packed_gemm(ws, b0, b1, UTp, dh_carry, 1)
+        gru_backward_rows(gates, hprev, UTp, lengths, reverse, dh, has_dh, dh_carry, dGxp, wp, ws,
+                          scratch, b0, b1)
 
 
 @njit(**JIT)
@@ -415,40 +469,49 @@ def grurb_state_row(g, x, a, an, bias, h, o, H):
         o[j] = hnew
 
 
+@njit(**JIT)
+def grurb_forward_rows(x, Wp, U_rz, U_n, bias, h, lengths, reverse, out, hprev, gates, training,
+                       xs, ax, acc, rh, acc_n, scratch, b0, b1):
+    """The loop of :func:`grurb_forward` for the batch rows b0..b1 (whole MR-row tiles),
+    on the calling thread."""
+    T, B, H = out.shape
+    zero = rh.dtype.type(0)
+    for s in range(T):
+        gather_rows(x, s, lengths, reverse, xs, b0, b1)
+        packed_gemm(xs, b0, min(b1, B), Wp, ax, 0)
+        packed_gemm(h, b0, min(b1, B), U_rz, acc, 0)
+        for b in range(b0, min(b1, B)):
+            if s >= lengths[b]:
+                fill_row(rh[b], zero, H)
+                continue
+            t = time_of(s, b, lengths, reverse)
+            g = gates[t, b] if training else scratch[b]
+            gates_sigm(g, ax[b], acc[b], bias, 0, 2 * H)
+            grurb_rh_row(g, h[b], rh[b], H)
+        packed_gemm(rh, b0, min(b1, B), U_n, acc_n, 0)
+        for b in range(b0, min(b1, B)):
+            if s >= lengths[b]:
+                continue
+            t = time_of(s, b, lengths, reverse)
+            g = gates[t, b] if training else scratch[b]
+            if training:
+                copy_row(hprev[t, b], h[b], H)
+            grurb_state_row(g, ax[b], acc[b], acc_n[b], bias, h[b], out[t, b], H)
+
+
 @njit(**PARALLEL)
-def grurb_forward(x, Wp, U_rz, U_n, bias, h, lengths, reverse, out, hprev, gates, training, xs,
-                   ax, acc, rh, acc_n, scratch, chunk):
+def grurb_forward(x, Wp, U_rz, U_n, bias, h, lengths, reverse, out, hprev, gates, training, xs, ax,
+                  acc, rh, acc_n, scratch, chunk):
     """Matches reference.gru_step for 'gru_reset_before': n = tanh(xW_n + b_n + (r*h) @ U_n).
 
     Tape per (t, b): r, z, n (3H), h_prev (H). U_rz, U_n packed; acc, rh, acc_n and
     scratch (Bp, 3H) are workspace; rh must start zero.
     """
-    T, B, H = out.shape
     Bp = h.shape[0]
-    zero = rh.dtype.type(0)
     for ci in prange(-(-Bp // chunk)):
         b0, b1 = chunk_rows(ci, chunk, Bp)
-        for s in range(T):
-            gather_rows(x, s, lengths, reverse, xs, b0, b1)
-            packed_gemm(xs, b0, b1, Wp, ax, 0)
-            packed_gemm(h, b0, b1, U_rz, acc, 0)
-            for b in range(b0, min(b1, B)):
-                if s >= lengths[b]:
-                    fill_row(rh[b], zero, H)
-                    continue
-                t = time_of(s, b, lengths, reverse)
-                g = gates[t, b] if training else scratch[b]
-                gates_sigm(g, ax[b], acc[b], bias, 0, 2 * H)
-                grurb_rh_row(g, h[b], rh[b], H)
-            packed_gemm(rh, b0, b1, U_n, acc_n, 0)
-            for b in range(b0, min(b1, B)):
-                if s >= lengths[b]:
-                    continue
-                t = time_of(s, b, lengths, reverse)
-                g = gates[t, b] if training else scratch[b]
-                if training:
-                    copy_row(hprev[t, b], h[b], H)
-                grurb_state_row(g, ax[b], acc[b], acc_n[b], bias, h[b], out[t, b], H)
+        grurb_forward_rows(x, Wp, U_rz, U_n, bias, h, lengths, reverse, out, hprev, gates,
+                           training, xs, ax, acc, rh, acc_n, scratch, b0, b1)
 
 
 @njit(**JIT)
@@ -483,31 +546,40 @@ def grurb_bwd_row2(g, hp, drh, dhc, dx_row, rh_row, w, H):
         w[one_h + j] = dx_row[one_h + j]
 
 
+@njit(**JIT)
+def grurb_backward_rows(gates, hprev, UT_rz, UT_n, lengths, reverse, dh, has_dh, dh_carry, dGx,
+                        rh_all, ws_n, ws_rz, drh, b0, b1):
+    """The loop of :func:`grurb_backward` for the batch rows b0..b1 (whole MR-row tiles),
+    on the calling thread."""
+    T, B, H = hprev.shape
+    zero = ws_n.dtype.type(0)
+    for s in range(T - 1, -1, -1):
+        for b in range(b0, min(b1, B)):
+            if s >= lengths[b]:
+                fill_row(ws_n[b], zero, H)
+                continue
+            t = time_of(s, b, lengths, reverse)
+            if has_dh:
+                add_row(dh_carry[b], dh[t, b], H)
+            grurb_bwd_row1(gates[t, b], hprev[t, b], dh_carry[b], dGx[t, b], ws_n[b], H)
+        packed_gemm(ws_n, b0, min(b1, B), UT_n, drh, 0)
+        for b in range(b0, min(b1, B)):
+            if s >= lengths[b]:
+                fill_row(ws_rz[b], zero, 2 * H)
+                continue
+            t = time_of(s, b, lengths, reverse)
+            grurb_bwd_row2(gates[t, b], hprev[t, b], drh[b], dh_carry[b], dGx[t, b],
+                            rh_all[t, b], ws_rz[b], H)
+        packed_gemm(ws_rz, b0, min(b1, B), UT_rz, dh_carry, 1)
+
+
 @njit(**PARALLEL)
-def grurb_backward(gates, hprev, UT_rz, UT_n, lengths, reverse, dh, has_dh, dh_carry, dGx,
-                    rh_all, ws_n, ws_rz, drh, chunk):
+def grurb_backward(gates, hprev, UT_rz, UT_n, lengths, reverse, dh, has_dh, dh_carry, dGx, rh_all,
+                   ws_n, ws_rz, drh, chunk):
     """Matches reference.gru_step_backward for 'gru_reset_before'. Fills dGx (T, B, 3H) and
     rh_all (T, B, H) = r * h_prev (the input of U_n, for dU). ws_n, ws_rz must start zero."""
-    T, B, H = hprev.shape
     Bp = dh_carry.shape[0]
-    zero = ws_n.dtype.type(0)
     for ci in prange(-(-Bp // chunk)):
         b0, b1 = chunk_rows(ci, chunk, Bp)
-        for s in range(T - 1, -1, -1):
-            for b in range(b0, min(b1, B)):
-                if s >= lengths[b]:
-                    fill_row(ws_n[b], zero, H)
-                    continue
-                t = time_of(s, b, lengths, reverse)
-                if has_dh:
-                    add_row(dh_carry[b], dh[t, b], H)
-                grurb_bwd_row1(gates[t, b], hprev[t, b], dh_carry[b], dGx[t, b], ws_n[b], H)
-            packed_gemm(ws_n, b0, b1, UT_n, drh, 0)
-            for b in range(b0, min(b1, B)):
-                if s >= lengths[b]:
-                    fill_row(ws_rz[b], zero, 2 * H)
-                    continue
-                t = time_of(s, b, lengths, reverse)
-                grurb_bwd_row2(gates[t, b], hprev[t, b], drh[b], dh_carry[b], dGx[t, b],
-                                rh_all[t, b], ws_rz[b], H)
-            packed_gemm(ws_rz, b0, b1, UT_rz, dh_carry, 1)
+        grurb_backward_rows(gates, hprev, UT_rz, UT_n, lengths, reverse, dh, has_dh, dh_carry, dGx,
+                            rh_all, ws_n, ws_rz, drh, b0, b1)

@@ -13,6 +13,7 @@ from ...core.cells import CellSpec
 from . import kernels
 from .buffers import chunk_size, dummy, full_lengths, gemm_out
 from .gemm import MR, padded
+from .launch import launch
 from .weights import NumbaWeights
 
 __all__ = ["NumbaStepRunner"]
@@ -36,7 +37,7 @@ class NumbaStepRunner:
         self._c = np.zeros((Bp, H), dtype=dt) if cell.has_cell_state else None
         self.h = self._h[:B]
         self.c = None if self._c is None else self._c[:B]
-        self._chunk = chunk_size(B)
+        self._bp, self._chunk = Bp, chunk_size(B)
         self._none = dummy(dt)
         self._xs = np.zeros((Bp, I), dtype=dt)
         self._ax = gemm_out(Bp, GH, dt)
@@ -58,16 +59,17 @@ class NumbaStepRunner:
         w, none, lens = self.weights, self._none, full_lengths(B, T)
         name = self.cell.name
         if name == "lstm":
-            kernels.lstm_forward(x, w.Wp, w.Up, w.b, self._h, self._c, lens, False, out, none,
-                                 none, none, none, False, self._xs, self._ax, *self._work,
-                                 self._chunk)
+            launch(kernels.lstm_forward, self._bp, self._chunk, x, w.Wp, w.Up, w.b, self._h,
+                   self._c, lens, False, out, none, none, none, none, False, self._xs, self._ax,
+                   *self._work)
         elif name == "gru":
-            kernels.gru_forward(x, w.Wp, w.Up, w.b, w.bn, self._h, lens, False, out, none, none,
-                                False, self._xs, self._ax, *self._work, self._chunk)
+            launch(kernels.gru_forward, self._bp, self._chunk, x, w.Wp, w.Up, w.b, w.bn, self._h,
+                   lens, False, out, none, none, False, self._xs, self._ax, *self._work)
         elif name == "gru_reset_before":
-            kernels.grurb_forward(x, w.Wp, w.Up, w.Up_n, w.b, self._h, lens, False, out, none,
-                                  none, False, self._xs, self._ax, *self._work, self._chunk)
+            launch(kernels.grurb_forward, self._bp, self._chunk, x, w.Wp, w.Up, w.Up_n, w.b,
+                   self._h, lens, False, out, none, none, False, self._xs, self._ax, *self._work)
         else:
-            kernels.rnn_forward(x, w.Wp, w.Up, w.b, name == "rnn_relu", self._h, lens, False,
-                                out, none, False, self._xs, self._ax, *self._work, self._chunk)
+            launch(kernels.rnn_forward, self._bp, self._chunk, x, w.Wp, w.Up, w.b,
+                   name == "rnn_relu", self._h, lens, False, out, none, False, self._xs, self._ax,
+                   *self._work)
         return out
