@@ -47,9 +47,13 @@ __all__ = ["forward", "backward", "readout", "readout_backward", "available_back
            "convert", "__version__"]
 
 
+_LAZY = ("convert", "torch", "notebook", "dask")
+
+
 def __getattr__(name):
-    # `fastrnn.convert` imports lazily so `import fastrnn` stays light.
-    if name == "convert":
+    # The interop modules import on first use, so `import fastrnn` stays light and never
+    # imports torch or dask.
+    if name in _LAZY:
         import importlib
-        return importlib.import_module(".convert", __name__)
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'fastrnn' has no attribute {name!r}")
