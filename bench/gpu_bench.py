@@ -15,7 +15,10 @@ H in {128, 256, 512, 1024}:
 * achieved TFLOP/s from :mod:`fastrnn.core.cells` FLOP counts (matmul FLOPs, the usual RNN
   convention), against the card's measured GEMM peak (a large square matmul, the best of
   cupy and torch);
-* a check per size that both compute the same function (relative error of the outputs).
+* a check per size that both compute the same function (relative error of the outputs);
+* whether the persistent kernels' cooperative launch works on this device, as a result of
+  its own (``meta["cooperative_launch"]``), and per size the persistent path's error if it
+  fails there: a failure costs that path only, never the per-step and cuDNN numbers.
 
 Precision: by default strict float32 on both sides (cuDNN and cuBLAS TF32 off). With
 ``--tf32`` both may use TF32 tensor cores (torch's default for cuDNN RNNs; ``CUPY_TF32=1``
@@ -89,7 +92,8 @@ def render_markdown(meta: dict, rows: list[dict]) -> str:
             continue
         g = r["goal"]
         verdict = "" if g is None else (f"≥{g:g}x {'met' if r['speedup'] >= g else 'MISSED'}")
-        persistent = "—" if r["persistent_ms"] is None else f"{r['persistent_ms']:.3f}"
+        persistent = ("failed" if r.get("persistent_error") else
+                      "—" if r["persistent_ms"] is None else f"{r['persistent_ms']:.3f}")
         lines.append(
             f"| {r['cell']} | {r['mode']} | {r['B']} | {r['H']} | {r['step_ms']:.3f} | "
             f"{persistent} | {r['torch_ms']:.3f} | {r['speedup']:.2f} | {verdict} | "
@@ -98,6 +102,15 @@ def render_markdown(meta: dict, rows: list[dict]) -> str:
     met = [r for r in rows if not r.get("error") and r["goal"] is not None]
     ok = sum(r["speedup"] >= r["goal"] for r in met)
     lines += ["", f"Goals met: {ok} of {len(met)} measured goal sizes."]
+    coop = meta.get("cooperative_launch")
+    if coop:
+        lines.append(f"Cooperative launch (persistent kernels): {coop['summary']}")
+    failed = [r for r in rows if r.get("persistent_error")]
+    if failed:
+        first = failed[0]
+        lines.append(f"Persistent path failed at {len(failed)} sizes (first: {first['cell']} "
+                     f"{first['mode']} B={first['B']} H={first['H']}: "
+                     f"{first['persistent_error']}); those rows use the per-step path.")
     if meta.get("not_run"):
         lines.append(f"Not run (time budget): {meta['not_run']} sizes.")
     if meta.get("single_step"):
@@ -196,20 +209,40 @@ class Bench:
                for bw in ((False, True) if training else (False,))):
             impls["persistent"] = ours("1")
         ref = theirs().detach()
-        rel = {}
+        rel, persistent_error = {}, None
+
+        def attempt(name, call):
+            """call(impls[name]); a failure of the persistent path drops that path and is
+            recorded (None returned), any other failure is the whole size's."""
+            nonlocal persistent_error
+            try:
+                return call(impls[name])
+            except Exception as exc:  # noqa: BLE001 - persistent: record, keep the rest
+                if name != "persistent":
+                    raise
+                persistent_error = f"{type(exc).__name__}: {exc}"[:200]
+                impls.pop(name)
+                fastrnn.config.cupy_persistent = "0"
+                return None
+
         for name in ("step", "persistent"):       # the same function? (also a warm-up)
             if name in impls:
-                h = impls[name]().h
-                rel[name] = float(cp.linalg.norm(h - cp.asarray(ref)) / cp.linalg.norm(h))
+                res = attempt(name, lambda fn: fn())
+                if res is not None:
+                    h = res.h
+                    rel[name] = float(cp.linalg.norm(h - cp.asarray(ref)) / cp.linalg.norm(h))
         for _ in range(2):
-            for fn in impls.values():
-                fn()
+            for name in list(impls):
+                attempt(name, lambda fn: fn())
         times = {name: [] for name in impls}
-        order = list(impls)
         spent, rep = 0.0, 0
         while rep < max_reps and (rep < 5 or spent < target_s * len(impls)):
+            order = list(impls)
             for name in order[rep % len(order):] + order[:rep % len(order)]:   # rotate
-                dt = self.time_once(impls[name])
+                dt = attempt(name, self.time_once)
+                if dt is None:
+                    times.pop(name, None)
+                    continue
                 times[name].append(dt)
                 spent += dt
             rep += 1
@@ -225,7 +258,51 @@ class Bench:
                 "path": best, "fastrnn_ms": 1e3 * mo, "torch_ms": 1e3 * mt, "speedup": mt / mo,
                 "fastrnn_tflops": flops / mo / 1e12, "torch_tflops": flops / mt / 1e12,
                 "flops": flops, "goal": goal(mode, B, H), "rel_diff": max(rel.values()),
+                "persistent_error": persistent_error,
                 "times_ms": {n: [1e3 * t for t in ts] for n, ts in times.items()}}
+
+    def cooperative_launch(self) -> dict:
+        """Whether the persistent kernels' cooperative launch works here: an lstm training
+        step (T = 8, B = 4, H = 128) under FASTRNN_CUPY_PERSISTENT=1 against the per-step
+        path. Always a result: the device attribute, ok, the error or the difference."""
+        cp, fastrnn = self.cp, self.fastrnn
+        import numpy as np
+        from fastrnn.core.tolerances import TOLERANCES
+        from fastrnn.backends.cupy import persistent as cb
+        out = {"device_attribute": None, "ok": False, "error": None, "rel_diff": None}
+        try:
+            out["device_attribute"] = bool(cb._device_limits()[2])
+            spec = fastrnn.get_cell("lstm")
+            params = {k: cp.asarray(v) for k, v in spec.init_params(128, 128, "float32",
+                                                                    seed=3).items()}
+            rng = np.random.default_rng(3)
+            x = cp.asarray(rng.standard_normal((8, 4, 128)).astype(np.float32))
+            dh = cp.ones((8, 4, 128), dtype=cp.float32)
+            got = {}
+            for path in ("0", "1"):
+                fastrnn.config.cupy_persistent = path
+                if path == "1" and cb.plan_for_call(spec, 4, 128, np.dtype("float32"),
+                                                    backward=False) is None:
+                    raise RuntimeError("no persistent plan for this size on this device "
+                                       "(cooperative launch attribute or shared memory)")
+                res = fastrnn.forward("lstm", x, params, backend="cupy")
+                g = fastrnn.backward(res.tape, dh=dh)
+                got[path] = cp.concatenate([res.h.ravel(), g.dx.ravel(), g.params["U"].ravel()])
+            self.sync()
+            diff = got["1"] - got["0"]
+            out["rel_diff"] = float(cp.linalg.norm(diff) / cp.linalg.norm(got["0"]))
+            out["ok"] = bool(out["rel_diff"] <= TOLERANCES["float32"]["grad"])
+            if not out["ok"]:
+                out["error"] = f"persistent and per-step results differ by {out['rel_diff']:.1e}"
+        except Exception as exc:  # noqa: BLE001 - the outcome is the result
+            out["error"] = f"{type(exc).__name__}: {exc}"[:300]
+        finally:
+            fastrnn.config.cupy_persistent = "0"
+        out["summary"] = (f"worked (lstm T=8 B=4 H=128, training; persistent vs per-step "
+                          f"{out['rel_diff']:.1e})" if out["ok"] else
+                          f"FAILED: {out['error']} (device attribute "
+                          f"cudaDevAttrCooperativeLaunch = {out['device_attribute']})")
+        return out
 
     def single_step(self) -> dict:
         """Fixed cost of one call: lstm, T = 1, B = 1, H = 128, inference."""
@@ -318,6 +395,8 @@ def main(argv=None) -> int:
     peak, peak_source = bench.gemm_peak()
     precision = "TF32 allowed" if args.tf32 else "strict float32 (TF32 off)"
     print(f"{name}: GEMM peak {peak:.1f} TFLOP/s ({peak_source}); {precision}", flush=True)
+    coop = bench.cooperative_launch()
+    print(f"cooperative launch (persistent kernels): {coop['summary']}", flush=True)
 
     sizes = [(c, B, H, m) for m in MODES for c in CELLS for B in BATCHES for H in HIDDENS]
     sizes.sort(key=lambda s: goal(s[3], s[1], s[2]) is None)      # goal sizes first
@@ -337,7 +416,8 @@ def main(argv=None) -> int:
         if row.get("error"):
             print(f"{cell:9s} {mode:5s} B={B:<4d} H={H:<5d} {row['error']}", flush=True)
         else:
-            pers = ("" if row["persistent_ms"] is None
+            pers = (" persistent failed" if row["persistent_error"] else
+                    "" if row["persistent_ms"] is None
                     else f" persistent {row['persistent_ms']:8.3f}")
             print(f"{cell:9s} {mode:5s} B={B:<4d} H={H:<5d} per-step {row['step_ms']:8.3f}{pers}"
                   f"  cuDNN {row['torch_ms']:8.3f} ms  x{row['speedup']:.2f}  "
@@ -349,6 +429,7 @@ def main(argv=None) -> int:
     meta = {"device": name, "slug": slug(name), "precision": precision, "tf32": args.tf32,
             "T": T_STEPS, "gemm_peak_tflops": peak, "gemm_peak_source": peak_source,
             "versions": versions(), "not_run": not_run, "seconds": time.perf_counter() - started,
+            "cooperative_launch": coop,
             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
     try:
         meta["single_step"] = bench.single_step()

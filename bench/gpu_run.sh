@@ -1,19 +1,33 @@
 #!/usr/bin/env bash
-# One call on a GPU machine, from the repository root:  bash bench/gpu_run.sh
+# One call on a GPU machine, from the repository root:  bash bench/gpu_run.sh [--check]
 #
-#  1. installs fastrnn (editable, no dependencies; wheels carried in .whl/ first, if any),
-#  2. runs the whole test suite with the cupy backend included (pytest -rs: every skip is
-#     listed with its reason; test files whose optional imports are missing are reported
-#     as collection errors and the rest still runs),
+#  1. makes fastrnn importable from this checkout through PYTHONPATH (no pip install: the
+#     GPU machines have no hatchling and no internet; wheels carried in .whl/ go first),
+#     and stops (exit 2) unless fastrnn comes from here and its cupy backend can run;
+#  2. runs the GPU suite: every test that runs on the cupy backend or the GPU (pytest -k
+#     "cupy or gpu or nvrtc": the backend-vs-reference tests with backend="cupy", tests/
+#     test_gpu.py, the CUDA tests of fastrnn.torch, tests/test_nvrtc_compile.py);
+#     FASTRNN_GPU_SUITE=all runs the whole suite instead. The CPU-only tests are CI's job;
 #  3. runs the GPU benchmark against PyTorch's cuDNN RNNs: strict float32, then TF32.
 #
+# --check: steps 1 and 2 without a GPU or tests run: the import route, the kernel sources,
+# that the GPU suite collects without errors, that gpu_bench.py loads. Run it before
+# spending device time.
+#
 # Writes into bench/results/ and, when $OUT is set (the device tool's output folder), into
-# $OUT as well:  gpu-tests-<device>.log, gpu-<device>.json/.md, gpu-<device>-tf32.json/.md
-# The device tool allows 600 s per command; FASTRNN_GPU_BUDGET_S (default 570) is the
-# total this script plans for. Exit status: that of the test suite (0 = all passed).
+# $OUT as well:  gpu-tests-<device>.log and .json (counts, every failure and skip),
+# gpu-<device>.json/.md, gpu-<device>-tf32.json/.md. The device tool allows 600 s per
+# command; FASTRNN_GPU_BUDGET_S (default 570) is the total this script plans for.
+#
+# Exit status: 0 = every selected GPU test ran and passed; 1 = failures, errors or a
+# collection error; 3 = none failed but some were skipped (listed, with their reasons);
+# 4 = no test ran; 124 = the test budget ran out; 2 = setup (fastrnn not importable from
+# here, or the cupy backend cannot run). The benchmark's outcome does not change it.
 set -u -o pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 2
 
+CHECK=0
+[ "${1:-}" = "--check" ] && CHECK=1
 PY=${PYTHON:-python3}
 BUDGET=${FASTRNN_GPU_BUDGET_S:-570}
 RESULTS=bench/results
@@ -38,7 +52,7 @@ for name in ("numpy", "numba", "cupy", "torch", "ml_dtypes", "pytest", "hypothes
         print(f"  {name:17s} MISSING ({type(exc).__name__}: {exc})")
 PYEOF
 
-echo "== install"
+echo "== fastrnn from this checkout (PYTHONPATH)"
 if compgen -G ".whl/*.whl" >/dev/null; then
   if "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
        --target /tmp/fastrnn-site .whl/*.whl; then
@@ -48,31 +62,130 @@ if compgen -G ".whl/*.whl" >/dev/null; then
     echo "installing the carried wheels in .whl/ failed; going on without them"
   fi
 fi
-if "$PY" -m pip install -q --no-deps --no-build-isolation --no-index -e . 2>/tmp/fastrnn-pip.log; then
-  echo "pip install -e . done"
-else
-  echo "pip install -e . failed ($(tail -n 1 /tmp/fastrnn-pip.log)); using PYTHONPATH=$PWD"
-  export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+if ! "$PY" - "$PWD" "$CHECK" <<'PYEOF'
+import os, sys
+here, check = os.path.realpath(sys.argv[1]), sys.argv[2] == "1"
+import fastrnn
+if not getattr(fastrnn, "__file__", None):
+    sys.exit(f"fastrnn resolved to a namespace package ({list(fastrnn.__path__)}), not this checkout")
+from fastrnn.backends.cupy import nvrtc
+where = os.path.realpath(os.path.dirname(fastrnn.__file__))
+print("fastrnn", fastrnn.__version__, "from", where)
+if os.path.dirname(where) != here:
+    sys.exit(f"fastrnn was imported from {where}, not from this checkout {here}")
+print("kernel sources:", nvrtc.kernel_dir())
+print("backends:", fastrnn.available_backends())
+reason = fastrnn.unavailable_reasons().get("cupy")
+print("cupy backend:", reason or "available")
+if reason and not check:
+    sys.exit("the cupy backend cannot run here, so there is no GPU suite to run")
+PYEOF
+then
+  echo "setup failed (exit 2)"
+  exit 2
 fi
-"$PY" -c "import fastrnn; print('fastrnn', fastrnn.__version__, 'backends:', fastrnn.available_backends()); print('unavailable:', fastrnn.unavailable_reasons())"
 
-SLUG=$("$PY" bench/gpu_bench.py --print-slug 2>/dev/null) || SLUG=unknown-gpu
+SLUG=unknown-gpu
+[ "$CHECK" = 1 ] || SLUG=$("$PY" bench/gpu_bench.py --print-slug 2>/dev/null) || SLUG=unknown-gpu
 LOG="$RESULTS/gpu-tests-$SLUG.log"
+SUMMARY="$RESULTS/gpu-tests-$SLUG.json"
 
-echo "== tests (log: $LOG)"
+# A pytest plugin, written here, that counts what the selected tests did (run phase only:
+# a module skipped at import for a missing optional package is not a test of the suite).
+PLUGIN_DIR=$(mktemp -d)
+trap 'rm -rf "$PLUGIN_DIR"' EXIT
+cat >"$PLUGIN_DIR/fastrnn_gpu_suite.py" <<'PYEOF'
+"""Counts the outcomes of the selected tests and writes them to $FASTRNN_GPU_SUMMARY."""
+import json
+import os
+
+_seen = {}
+
+
+def pytest_runtest_logreport(report):
+    entry = _seen.setdefault(report.nodeid, {"outcome": "passed", "detail": ""})
+    if report.failed:
+        entry["outcome"] = "failed" if report.when == "call" else "error"
+        entry["detail"] = str(report.longrepr)[-600:]
+    elif report.skipped and entry["outcome"] == "passed":
+        entry["outcome"] = "skipped"
+        longrepr = report.longrepr
+        entry["detail"] = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    counts = {}
+    for entry in _seen.values():
+        counts[entry["outcome"]] = counts.get(entry["outcome"], 0) + 1
+    doc = {"exitstatus": int(exitstatus), "counts": counts,
+           "not_passed": {k: v for k, v in _seen.items() if v["outcome"] != "passed"}}
+    with open(os.environ["FASTRNN_GPU_SUMMARY"], "w") as f:
+        json.dump(doc, f, indent=1)
+PYEOF
+export PYTHONPATH=$PLUGIN_DIR:$PYTHONPATH
+export FASTRNN_GPU_SUMMARY=$SUMMARY
+
+SELECT=(-k "cupy or gpu or nvrtc")
+[ "${FASTRNN_GPU_SUITE:-gpu}" = all ] && SELECT=()
+PYTEST_ARGS=(-rs -q -p no:cacheprovider -p fastrnn_gpu_suite --durations=15 "${SELECT[@]}")
+
+if [ "$CHECK" = 1 ]; then
+  echo "== check: the GPU suite collects"
+  "$PY" -m pytest -q -p no:cacheprovider --collect-only "${SELECT[@]}" tests >"$PLUGIN_DIR/collect.txt" 2>&1
+  RC=$?
+  tail -n 3 "$PLUGIN_DIR/collect.txt"
+  if [ "$RC" -ne 0 ] || ! grep -qE "^[0-9]+(/[0-9]+)? tests? collected" "$PLUGIN_DIR/collect.txt"; then
+    echo "check: collecting the GPU suite failed (exit $RC)"; grep -E "ERROR|Error" "$PLUGIN_DIR/collect.txt" | head -n 20
+    exit 1
+  fi
+  echo "== check: bench/gpu_bench.py loads"
+  "$PY" bench/gpu_bench.py --help >/dev/null || { echo "check: gpu_bench.py --help failed"; exit 1; }
+  echo "check passed: fastrnn imports from this checkout and the GPU suite collects"
+  exit 0
+fi
+
+echo "== GPU tests (log: $LOG)"
 TEST_BUDGET=$(($(left) - 200))
 [ "$TEST_BUDGET" -gt 300 ] && TEST_BUDGET=300
-PYTEST_ARGS=(-rs -q -p no:cacheprovider --continue-on-collection-errors --durations=15)
 if "$PY" -c "import pytest_timeout" 2>/dev/null; then
   PYTEST_ARGS+=(--timeout=150)
 fi
+rm -f "$SUMMARY"
 timeout --signal=INT --kill-after=20 "$TEST_BUDGET" "$PY" -m pytest "${PYTEST_ARGS[@]}" tests \
   2>&1 | tee "$LOG"
-TEST_RC=${PIPESTATUS[0]}
+PYTEST_RC=${PIPESTATUS[0]}
+TEST_RC=$("$PY" - "$SUMMARY" "$PYTEST_RC" <<'PYEOF'
+import json, sys
+path, rc = sys.argv[1], int(sys.argv[2])
+try:
+    doc = json.load(open(path))
+except (OSError, ValueError):
+    print(124 if rc in (124, 130, 137) else (rc or 1)); sys.exit()
+counts = doc["counts"]
+for nodeid, v in sorted(doc["not_passed"].items()):
+    print(f"  {v['outcome'].upper():8s} {nodeid}: {v['detail'].splitlines()[-1] if v['detail'] else ''}"[:300],
+          file=sys.stderr)
+print("counts:", counts, file=sys.stderr)
+if rc in (124, 130, 137):
+    print(124)
+elif rc not in (0, 5) or counts.get("failed") or counts.get("error"):
+    print(1)
+elif not counts.get("passed"):
+    print(4)
+elif counts.get("skipped"):
+    print(3)
+else:
+    print(0)
+PYEOF
+)
+TEST_RC=${TEST_RC:-1}
 case $TEST_RC in
-  0) echo "tests: all passed" ;;
-  124|130) echo "tests: stopped at the ${TEST_BUDGET}s budget (exit $TEST_RC)" ;;
-  *) echo "tests: exit $TEST_RC (failures or collection errors above)" ;;
+  0) echo "GPU tests: all passed" ;;
+  3) echo "GPU tests: none failed, but some were skipped (above): not a full pass" ;;
+  4) echo "GPU tests: no test ran" ;;
+  124) echo "GPU tests: stopped at the ${TEST_BUDGET}s budget (pytest exit $PYTEST_RC)" ;;
+  *) echo "GPU tests: failures or errors (pytest exit $PYTEST_RC)" ;;
 esac
 
 echo "== benchmark, strict float32"
@@ -94,14 +207,15 @@ else
 fi
 
 if [ -n "${OUT:-}" ]; then
-  mkdir -p "$OUT" && cp "$LOG" "$OUT"/ 2>/dev/null
+  mkdir -p "$OUT" && cp "$LOG" "$SUMMARY" "$OUT"/ 2>/dev/null
   # gpu_bench.py writes its json/md into $OUT itself
 fi
 
 echo "== summary"
 grep -E "^(FAILED|ERROR)|passed|failed|error" "$LOG" | tail -n 25
 for f in "$RESULTS/gpu-$SLUG.md" "$RESULTS/gpu-$SLUG-tf32.md"; do
-  [ -f "$f" ] && grep -E "^Goals met|^Single step|^Not run" "$f" | sed "s|^|$(basename "$f"): |"
+  [ -f "$f" ] && grep -E "^Goals met|^Cooperative launch|^Persistent path|^Single step|^Not run" "$f" \
+    | sed "s|^|$(basename "$f"): |"
 done
-echo "elapsed $(( $(date +%s) - START )) s; tests exit $TEST_RC"
+echo "elapsed $(( $(date +%s) - START )) s; GPU tests exit $TEST_RC (0 = all ran and passed)"
 exit "$TEST_RC"

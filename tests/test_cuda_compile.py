@@ -8,6 +8,9 @@
 * The kernel sources are found in a source checkout and in an installed package.
 * Without CuPy, the cupy backend still imports and says why it cannot run.
 
+What CuPy itself adds when it compiles with NVRTC (its include folders, -ftz=true,
+--device-as-default-execution-space, -arch=sm_90) is checked in test_nvrtc_compile.py.
+
 nvcc is part of CI; where it is missing these tests fail (not skip) and say so.
 """
 

@@ -3,10 +3,11 @@ CuPy or a CUDA device is missing).
 
 Agreement with the reference for every cell, dtype, lengths, reverse and upstream gradient
 is in test_backends.py, which runs on the cupy backend too. Here: results are CuPy arrays
-on the device, user arrays are never written, 16-bit storage, bitwise determinism, the
-padding of a batch never leaks NaN into the GEMMs over all rows, grid-stride loops past
-one launch, a non-default stream, the tape checksum of device arrays, one compilation per
-kernel, and agreement with PyTorch's cuDNN RNNs on the same GPU.
+on the device, user arrays are never written, 16-bit storage (also over T = 200 steps),
+the kernels' float32 flush-to-zero, bitwise determinism, the padding of a batch never
+leaks NaN into the GEMMs over all rows, grid-stride loops past one launch, a non-default
+stream, the tape checksum of device arrays, one compilation per kernel, and agreement with
+PyTorch's cuDNN RNNs on the same GPU.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import pytest
 
 import fastrnn
 from conftest import make_problem, make_upstream, require_backend
-from fastrnn.core.tolerances import TOLERANCES, TORCH_TOLERANCES
+from fastrnn.core.tolerances import CUDA_FLOAT32_SIGMOID_ULPS, TOLERANCES, TORCH_TOLERANCES
 from assertions import assert_close
 
 pytestmark = pytest.mark.gpu
@@ -144,23 +145,26 @@ def _tolerance_16(dtype: str):
     return TOLERANCES
 
 
-@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
-@pytest.mark.parametrize("cell", CELLS)
-def test_16bit_storage_matches_the_float64_reference(cp, rng, cell, dtype):
-    """16-bit storage, float32 arithmetic: against the float64 reference run on the same
-    rounded inputs. rnn_relu's gradients are left out: relu' jumps at 0, so a pre-activation
-    within rounding of 0 flips its mask, an O(1) change at that element whatever the
-    precision (forward outputs are still compared)."""
+def _storage_16(cp, dtype: str) -> np.dtype:
+    """The NumPy dtype of 16-bit storage ``dtype``; skips where the cupy backend lacks it."""
     be = require_backend("cupy")
     if dtype == "bfloat16":
         ml_dtypes = pytest.importorskip("ml_dtypes", reason="bfloat16 storage needs ml_dtypes")
         low = np.dtype(ml_dtypes.bfloat16)
     else:
         low = np.dtype(dtype)
-    assert low.name in be.dtypes, (f"the cupy backend does not list {low.name} in its dtypes "
-                                   f"{be.dtypes} (CuPy {cp.__version__})")
+    if low.name not in be.dtypes:
+        pytest.skip(f"the cupy backend does not support {low.name} storage here (its dtypes: "
+                    f"{', '.join(be.dtypes)}; bfloat16 needs CuPy >= 14 and ml_dtypes, this "
+                    f"is CuPy {cp.__version__})")
+    return low
+
+
+def _check_16bit(cp, rng, cell, low, T):
+    """One problem (B = 8, I = H = 64, lengths, reverse, initial states) in ``low`` storage
+    against the float64 reference run on the same rounded inputs."""
     table = _tolerance_16(low.name)
-    T, B, I, H = 30, 8, 64, 64
+    B, I, H = 8, 64, 64
     x, params, h0, c0, lens = make_problem(rng, cell, T, B, I, H, "float64", lengths=True,
                                            states=True)
     dh, dh_n, dc_n = make_upstream(rng, cell, T, B, H, "float64")
@@ -179,7 +183,90 @@ def test_16bit_storage_matches_the_float64_reference(cp, rng, cell, dtype):
         if kind == "grad" and cell == "rnn_relu":
             continue
         assert_close(a.get().astype(np.float64), ref[name], low.name, kind,
-                     f"{cell} {name}", table=table)
+                     f"{cell} T={T} {name}", table=table)
+
+
+@pytest.mark.parametrize("T", [30, 200])
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_16bit_storage_matches_the_float64_reference(cp, rng, cell, dtype, T):
+    """16-bit storage, float32 arithmetic: against the float64 reference run on the same
+    rounded inputs, also over T = 200 steps (the state is rounded to 16 bits at every step;
+    the intermediates x @ W, h @ U and the carried gradients stay float32). rnn_relu's
+    gradients are left out: relu' jumps at 0, so a pre-activation within rounding of 0
+    flips its mask, an O(1) change at that element whatever the precision (forward outputs
+    are still compared)."""
+    _check_16bit(cp, rng, cell, _storage_16(cp, dtype), T)
+
+
+# ------------------------------------------------------- the kernels' float32 arithmetic
+
+FLT_MIN = float(np.finfo(np.float32).tiny)
+
+
+def sigmoid64(a):
+    """1 / (1 + exp(-a)) in float64, without overflow for any a."""
+    return np.exp(-np.logaddexp(0.0, -np.asarray(a, dtype=np.float64)))
+
+
+def sigmoid_ftz32(a):
+    """The kernels' float32 sigmoid as a CPU model: float64 sigmoid, and exactly 0 where
+    expf(-|a|) falls below FLT_MIN (-ftz=true flushes it), i.e. a < ln(FLT_MIN)."""
+    a = np.asarray(a, dtype=np.float64)
+    return np.where(a < np.log(FLT_MIN), 0.0, sigmoid64(a))
+
+
+def flush32(a):
+    """A float32 value as the kernels' arithmetic takes it: subnormals are 0."""
+    a = np.asarray(a, dtype=np.float32)
+    return np.where(np.abs(a) < FLT_MIN, np.float32(0), a)
+
+
+def _gate_probe(cp, cell, bias, dtype):
+    """h_n of one step (T = B = 1) whose every pre-activation but the bias is 0: gru with
+    h0 = 1 and only the z block of b set gives h_n = z = sigmoid(b_z) exactly; rnn_tanh
+    gives h_n = tanh(b)."""
+    H = bias.size
+    spec = fastrnn.get_cell(cell)
+    params = {k: cp.zeros(s, dtype=dtype) for k, s in spec.param_shapes(1, H).items()}
+    b = np.zeros(params["b"].shape, dtype=np.float64)
+    if cell == "gru":
+        b[H:2 * H] = bias
+    else:
+        b[:] = bias
+    params["b"] = cp.asarray(b.astype(dtype))
+    x = cp.ones((1, 1, 1), dtype=dtype)
+    h0 = cp.ones((1, H), dtype=dtype) if cell == "gru" else None
+    return fastrnn.forward(cell, x, params, h0, backend="cupy", training=False).h_n[0].get()
+
+
+def test_float32_sigmoid_is_exactly_zero_below_ln_flt_min(cp):
+    """sigmoid in float32 kernels: exact 0 below ln(FLT_MIN) ~ -87.34 (flush to zero), within
+    a few ulps of float64 above; float64 kernels do not flush."""
+    flushed = np.array([-1e4, -200.0, -110.0, -100.0, -90.0, -88.0, -87.6])
+    kept = np.array([-87.0, -80.0, -50.0, -20.0, -5.0, -1.0, -1e-3, 0.0, 1e-3, 1.0, 5.0,
+                     20.0, 90.0])
+    z = np.concatenate([flushed, kept])
+    got = _gate_probe(cp, "gru", z, "float32")
+    want = sigmoid_ftz32(z.astype(np.float32))
+    assert np.array_equal(got[:flushed.size], np.zeros(flushed.size, np.float32)), (
+        f"sigmoid below ln(FLT_MIN) is not flushed to 0: {got[:flushed.size]}")
+    assert (want[flushed.size:] >= FLT_MIN).all()
+    spacing = np.spacing(want[flushed.size:].astype(np.float32)).astype(np.float64)
+    ulps = np.abs(got[flushed.size:] - want[flushed.size:]) / spacing
+    assert ulps.max() <= CUDA_FLOAT32_SIGMOID_ULPS, f"sigmoid off by {ulps.max()} ulps"
+    got64 = _gate_probe(cp, "gru", flushed, "float64")
+    want64 = sigmoid64(flushed)
+    assert (got64[1:] > 0).all(), "float64 kernels flushed a sigmoid to 0"
+    assert_close(got64, want64, "float64", "forward", "float64 sigmoid below ln(FLT_MIN)")
+
+
+def test_float32_subnormal_preactivations_act_as_zero(cp):
+    """tanh of a subnormal float32 pre-activation is 0 (the operand is flushed); of the
+    smallest normals it is the value itself."""
+    b = np.array([1e-39, -5e-40, 1e-45, FLT_MIN, -2 * FLT_MIN, 1e-30], dtype=np.float32)
+    got = _gate_probe(cp, "rnn_tanh", b, "float32")
+    assert np.array_equal(got, flush32(b)), f"tanh({b}) gave {got}, expected {flush32(b)}"
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru_reset_before", "rnn_tanh"])
@@ -341,6 +428,27 @@ def _persistent_fits(cell, B, H, dtype):
                for bw in (False, True))
 
 
+def _require_cooperative_launch():
+    """Skips, saying so, where the device reports no cooperative launch (the persistent
+    kernels need all their blocks resident at once)."""
+    from fastrnn.backends.cupy import persistent as cb
+    if not cb._device_limits()[2]:
+        pytest.skip("this device reports no cooperative launch (cudaDevAttrCooperativeLaunch "
+                    "is 0): the persistent kernels cannot run here")
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("cell", PERSISTENT_CELLS)
+def test_persistent_kernels_with_16bit_storage(cp, rng, monkeypatch, cell, dtype):
+    """The persistent kernels read the float32 x @ W of 16-bit storage as the per-step
+    kernels do: the same check as the per-step path's, in one cooperative launch."""
+    low = _storage_16(cp, dtype)
+    _require_cooperative_launch()
+    monkeypatch.setattr(fastrnn.config, "cupy_persistent", "1")
+    assert _persistent_fits(cell, 8, 64, low)
+    _check_16bit(cp, rng, cell, low, 30)
+
+
 @pytest.mark.parametrize("B,H,dtype", [(1, 128, "float64"), (16, 256, "float64"),
                                        (5, 33, "float64"), (32, 512, "float64"),
                                        (32, 1024, "float32")])
@@ -348,7 +456,7 @@ def _persistent_fits(cell, B, H, dtype):
 def test_persistent_kernels_match_the_reference(cp, rng, monkeypatch, cell, B, H, dtype):
     """All steps in one cooperative launch (FASTRNN_CUPY_PERSISTENT=1), forward, backward
     and inference, with lengths and reverse, against the NumPy reference."""
-    from fastrnn.backends.cupy import persistent as cb
+    _require_cooperative_launch()
     monkeypatch.setattr(fastrnn.config, "cupy_persistent", "1")
     if not _persistent_fits(cell, B, H, dtype):
         pytest.skip(f"B={B}, H={H}, {dtype}: U's slices do not fit this GPU's shared memory "
@@ -373,7 +481,7 @@ def test_persistent_kernels_match_the_reference(cp, rng, monkeypatch, cell, B, H
 @pytest.mark.parametrize("cell", PERSISTENT_CELLS)
 def test_persistent_kernels_are_deterministic(cp, rng, monkeypatch, cell):
     """The cross-block sums are added in a fixed order: same inputs, same bits."""
-    from fastrnn.backends.cupy import persistent as cb
+    _require_cooperative_launch()
     monkeypatch.setattr(fastrnn.config, "cupy_persistent", "1")
     B, H = 8, 256
     assert _persistent_fits(cell, B, H, "float32")

@@ -13,7 +13,8 @@ from .arrays import to_numpy
 
 __all__ = ["TOLERANCES", "TORCH_TOLERANCES", "SAME_ARITHMETIC", "PRIMITIVE_TOLERANCES",
            "FLOAT32_SIGMOID_ULPS", "FLOAT32_TANH_ULPS", "FD_EPS", "FD_TOLERANCE",
-           "FLOAT32_CONDITIONING_FACTOR", "GRADCHECK", "rel_err", "tolerance"]
+           "FLOAT32_CONDITIONING_FACTOR", "GRADCHECK", "NOTEBOOK_TOLERANCES", "rel_err",
+           "tolerance"]
 
 # dtype -> (forward outputs and states, gradients): every backend against the reference.
 TOLERANCES = {
@@ -52,6 +53,25 @@ FLOAT32_CONDITIONING_FACTOR = 4.0
 
 # torch.autograd.gradcheck of fastrnn.torch in float64.
 GRADCHECK = {"eps": 1e-6, "atol": 1e-7, "rtol": 1e-5}
+
+# fastrnn.notebook against the course notebook's own NumPy functions, float64: the same
+# equations summed in another order (float32 inputs are held to TOLERANCES).
+NOTEBOOK_TOLERANCES = {"float64": {"forward": 1e-12, "grad": 1e-12}}
+
+# One computation split along the batch (fastrnn.dask blocks, DistributedDataParallel
+# ranks) against the whole batch in one process: the same arithmetic per sequence, only
+# the parameter-gradient sums over sequences run in another order (relative norms).
+SHARDED = {
+    "float64": {"forward": 1e-12, "grad": 1e-12},
+    "float32": {"forward": 1e-6, "grad": 1e-5},
+}
+__all__ += ["SHARDED"]
+
+# The cupy kernels' float32 sigmoid (expf, 2 ulp, then one division) against float64, in
+# ulps, where the result is at least the smallest normal float32; below that the kernels
+# flush to zero (-ftz=true, see fastrnn/backends/cupy/backend.py).
+CUDA_FLOAT32_SIGMOID_ULPS = 4
+__all__ += ["CUDA_FLOAT32_SIGMOID_ULPS"]
 
 
 def to_numpy64(a) -> np.ndarray:

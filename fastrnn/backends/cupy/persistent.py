@@ -122,7 +122,8 @@ def _launch_persistent(fn, plan, args) -> bool:
 
 
 def persistent_forward(st, cell, xw, p, h0, c0, out, training, plan):
-    """All steps in one launch; a ForwardOut, or None when the launch was refused."""
+    """All steps in one launch; a ForwardOut, or None when the launch was refused.
+    xw (T, B, G*H) is in ``st.acc`` (float32 for 16-bit storage), as the kernels read it."""
     source, _ = _PERSIST_CELLS[cell.name]
     T, B, H, dt = st.T, st.B, st.H, st.dtype
     slots = T + 1 if training else 2
