@@ -6,6 +6,15 @@
 // cvt for half, bit arithmetic for bf16): the sources need no CUDA header, so NVRTC
 // (through cupy.RawModule) and nvcc both compile them as they are.
 //
+// Intermediates: what cuBLAS computes for the kernels (xw = x @ W, the per-step h_prev @ U)
+// and what they carry from step to step (the state gradients dh_direct, dh_rec, and dc)
+// are ACC(T) arrays, not storage: with 16-bit storage they stay float32, so a 16-bit
+// rounding happens only where a value is stored for the caller or the tape.
+//
+// Flush to zero: CuPy compiles with -ftz=true, so float arithmetic (float32 and 16-bit
+// storage) treats subnormal inputs and results as 0; sigmoid_(float) is exactly 0 below
+// ln(FLT_MIN) ~ -87.34, where expf(-|x|) would be subnormal. double is not affected.
+//
 // Layouts (all C-contiguous, row-vector convention of fastrnn.cells):
 //   time-indexed   (T, B, W): element (t, b, k) at (t * B + b) * W + k
 //   step slot      (B, W)   : element (b, k)    at b * W + k   (one step of a tape)

@@ -1,5 +1,7 @@
 // GRU, both formulations: one fused pointwise kernel per step (two for reset-before),
-// forward and backward. Gates r, z, n in the 3H columns (fastrnn.cells).
+// forward and backward. Gates r, z, n in the 3H columns (fastrnn.cells). The products of
+// cuBLAS (xw, hu, hn, drh) and the carried gradients (dh_direct, dh_rec) are in the
+// arithmetic type ACC(T), float32 for 16-bit storage (common.cuh).
 //
 // gru (cuDNN / PyTorch, reset after U_n), per step: hu = h_prev @ U (B, 3H) from cuBLAS,
 //   r = sigmoid((xw_r + b_r) + hu_r) ; z = sigmoid((xw_z + b_z) + hu_z)
@@ -55,10 +57,10 @@ struct GruGrad {
 
 template <typename T>
 __global__ void gru_forward(
-    const T* __restrict__ xw,      // (T, B, 3H) x @ W, time-indexed
+    const ACC(T)* __restrict__ xw, // (T, B, 3H) x @ W, time-indexed
     const T* __restrict__ bias,    // (3H,) b
     const T* __restrict__ bias_n,  // (H,) bn
-    const T* __restrict__ hu,      // (B, 3H) h_prev @ U
+    const ACC(T)* __restrict__ hu, // (B, 3H) h_prev @ U
     const T* h_prev, T* h_next,    // (B, H); may alias
     T* __restrict__ out,           // (T, B, H)
     T* __restrict__ gates,         // (B, 4H) tape slot (r, z, n, hn), or null
@@ -106,8 +108,8 @@ __global__ void gru_forward(
 template <typename T>
 __global__ void gru_backward(
     const T* __restrict__ dh_out,  // (T, B, H) or null
-    const T* dh_direct_in, T* dh_direct_out,  // (B, H); may alias
-    const T* __restrict__ dh_rec,  // (B, H)
+    const ACC(T)* dh_direct_in, ACC(T)* dh_direct_out,  // (B, H); may alias
+    const ACC(T)* __restrict__ dh_rec,  // (B, H)
     const T* __restrict__ gates,   // (B, 4H) tape slot s: r, z, n, hn
     const T* __restrict__ h_prev,  // (B, H) Hs[s]
     T* __restrict__ dg_rec,        // (B, 3H) slot s
@@ -150,9 +152,9 @@ __global__ void gru_backward(
 // gru_reset_before, forward part 1: r, z and rh = r * h_prev (the operand of U_n).
 template <typename T>
 __global__ void grurb_forward_rz(
-    const T* __restrict__ xw,      // (T, B, 3H)
+    const ACC(T)* __restrict__ xw, // (T, B, 3H)
     const T* __restrict__ bias,    // (3H,)
-    const T* __restrict__ hu_rz,   // (B, 2H) h_prev @ U[:, :2H]
+    const ACC(T)* __restrict__ hu_rz,  // (B, 2H) h_prev @ U[:, :2H]
     const T* __restrict__ h_prev,  // (B, H)
     T* __restrict__ gates,         // (B, 3H) tape slot (or scratch): writes r, z
     T* __restrict__ rh,            // (B, H) tape slot (or scratch)
@@ -184,9 +186,9 @@ __global__ void grurb_forward_rz(
 // gru_reset_before, forward part 2: n and the new state.
 template <typename T>
 __global__ void grurb_forward_n(
-    const T* __restrict__ xw,      // (T, B, 3H)
+    const ACC(T)* __restrict__ xw, // (T, B, 3H)
     const T* __restrict__ bias,    // (3H,)
-    const T* __restrict__ hn,      // (B, H) rh @ U[:, 2H:]
+    const ACC(T)* __restrict__ hn, // (B, H) rh @ U[:, 2H:]
     const T* h_prev, T* h_next,    // (B, H); may alias
     T* __restrict__ out,           // (T, B, H)
     T* __restrict__ gates,         // (B, 3H) slot: reads z, writes n
@@ -225,8 +227,8 @@ __global__ void grurb_forward_n(
 template <typename T>
 __global__ void grurb_backward_n(
     const T* __restrict__ dh_out,  // (T, B, H) or null
-    const T* dh_direct_in, T* dh_direct_out,  // (B, H); may alias
-    const T* __restrict__ dh_rec,  // (B, H) dg_rz(s+1) @ U[:, :2H]^T
+    const ACC(T)* dh_direct_in, ACC(T)* dh_direct_out,  // (B, H); may alias
+    const ACC(T)* __restrict__ dh_rec,  // (B, H) dg_rz(s+1) @ U[:, :2H]^T
     const T* __restrict__ gates,   // (B, 3H) tape slot s: r, z, n
     const T* __restrict__ h_prev,  // (B, H) Hs[s]
     T* __restrict__ dg_x,          // (B, 3H) slot s
@@ -276,8 +278,8 @@ __global__ void grurb_backward_n(
 // columns were zeroed by part 1).
 template <typename T>
 __global__ void grurb_backward_r(
-    const T* __restrict__ drh,     // (B, H)
-    T* dh_direct,                  // (B, H) in/out
+    const ACC(T)* __restrict__ drh,  // (B, H)
+    ACC(T)* dh_direct,             // (B, H) in/out
     const T* __restrict__ gates,   // (B, 3H) tape slot s
     const T* __restrict__ h_prev,  // (B, H) Hs[s]
     T* __restrict__ dg_x,          // (B, 3H) slot s
@@ -311,7 +313,7 @@ __global__ void grurb_backward_r(
 
 template <typename T>
 __global__ void gru_persist_forward(
-    const T* __restrict__ xw, const T* __restrict__ bias, const T* __restrict__ bias_n,
+    const ACC(T)* __restrict__ xw, const T* __restrict__ bias, const T* __restrict__ bias_n,
     const T* __restrict__ U,
     T* hs,
     T* __restrict__ out,           // (T, B, H)

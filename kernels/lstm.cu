@@ -2,7 +2,9 @@
 // backward, around cuBLAS products) and the persistent pair (all steps in one launch).
 //
 // Gates i, f, g, o in the 4H columns (fastrnn.cells). With hu = h_prev @ U (B, 4H) and the
-// input projection xw = x @ W (T, B, 4H), one GEMM before the loop, the bias b added here:
+// input projection xw = x @ W (T, B, 4H), one GEMM before the loop, the bias b added here
+// (xw, hu and the carried gradients dh_direct, dh_rec, dc are in the arithmetic type
+// ACC(T), float32 for 16-bit storage: see common.cuh):
 //   a = (xw[t] + b) + hu ;  i, f, o = sigmoid, g = tanh
 //   c' = f * c + i * g ;  h' = o * tanh(c')
 //
@@ -15,47 +17,16 @@
 // c_next): each thread reads its element before writing it, so updating in place is safe.
 
 #include "common.cuh"
+#include "lstm_cell.cuh"
 #include "persist.cuh"
-
-// ------------------------------------------------------------------------ the cell
-
-// Forward of one unit: pre-activations and the previous cell state in, gates and state out.
-template <typename A>
-struct LstmPoint {
-    A i, f, g, o, c, h;
-    __device__ __forceinline__ LstmPoint(A ai, A af, A ag, A ao, A cp) {
-        i = sigmoid_(ai);
-        f = sigmoid_(af);
-        g = tanh_(ag);
-        o = sigmoid_(ao);
-        c = f * cp + i * g;
-        h = o * tanh_(c);
-    }
-};
-
-// Backward of one unit: dh, dc after the step, the tape; out the gradients of the four
-// pre-activations and dc before the step.
-template <typename A>
-struct LstmGrad {
-    A di, df, dg, d_o, dc;
-    __device__ __forceinline__ LstmGrad(A dh, A dc_after, A i, A f, A g, A o, A cp, A cn) {
-        const A tc = tanh_(cn);
-        const A dcs = dc_after + dh * o * (A(1) - tc * tc);
-        di = dcs * g * i * (A(1) - i);
-        df = dcs * cp * f * (A(1) - f);
-        dg = dcs * i * (A(1) - g * g);
-        d_o = dh * tc * o * (A(1) - o);
-        dc = dcs * f;
-    }
-};
 
 // ------------------------------------------------------------------- per-step kernels
 
 template <typename T>
 __global__ void lstm_forward(
-    const T* __restrict__ xw,      // (T, B, 4H) x @ W, time-indexed
+    const ACC(T)* __restrict__ xw, // (T, B, 4H) x @ W, time-indexed
     const T* __restrict__ bias,    // (4H,)
-    const T* __restrict__ hu,      // (B, 4H) h_prev @ U of this step
+    const ACC(T)* __restrict__ hu, // (B, 4H) h_prev @ U of this step
     const T* h_prev, T* h_next,    // (B, H); may alias
     const T* c_prev, T* c_next,    // (B, H); may alias
     T* __restrict__ out,           // (T, B, H) outputs, time-indexed
@@ -106,9 +77,9 @@ __global__ void lstm_forward(
 template <typename T>
 __global__ void lstm_backward(
     const T* __restrict__ dh_out,  // (T, B, H) upstream gradient of the outputs, or null
-    const T* dh_direct_in, T* dh_direct_out,  // (B, H); may alias
-    const T* __restrict__ dh_rec,  // (B, H)
-    T* dc,                         // (B, H) in: dL/dc after step s, out: before it
+    const ACC(T)* dh_direct_in, ACC(T)* dh_direct_out,  // (B, H); may alias
+    const ACC(T)* __restrict__ dh_rec,  // (B, H)
+    ACC(T)* dc,                    // (B, H) in: dL/dc after step s, out: before it
     const T* __restrict__ gates,   // (B, 4H) tape slot s
     const T* __restrict__ c_prev,  // (B, H) Cs[s]
     const T* __restrict__ c_new,   // (B, H) Cs[s + 1]
@@ -155,7 +126,7 @@ __global__ void lstm_backward(
 // kept, as the per-step path does), else (2, B, H) used alternately; slot 0 holds h0, c0.
 template <typename T>
 __global__ void lstm_persist_forward(
-    const T* __restrict__ xw, const T* __restrict__ bias, const T* __restrict__ U,
+    const ACC(T)* __restrict__ xw, const T* __restrict__ bias, const T* __restrict__ U,
     T* hs, T* cs,
     T* __restrict__ out,           // (T, B, H)
     T* __restrict__ gates,         // (T, B, 4H) tape, or null

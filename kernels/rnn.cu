@@ -4,6 +4,7 @@
 // The backward needs only h' (Hs[s + 1] of the tape): tanh' = 1 - h'^2, and relu'(a) = 1
 // exactly where h' > 0 (a > 0), as the reference's (a > 0).
 // relu is a runtime flag (0: tanh, 1: relu); see lstm.cu for the tape and state layout.
+// xw, hu and the carried gradients are in the arithmetic type ACC(T) (common.cuh).
 
 #include "common.cuh"
 #include "persist.cuh"
@@ -19,9 +20,9 @@ __device__ __forceinline__ A rnn_point_grad(A dh, A h, int relu) {
 
 template <typename T>
 __global__ void rnn_forward(
-    const T* __restrict__ xw,      // (T, B, H) x @ W, time-indexed
+    const ACC(T)* __restrict__ xw, // (T, B, H) x @ W, time-indexed
     const T* __restrict__ bias,    // (H,)
-    const T* __restrict__ hu,      // (B, H) h_prev @ U
+    const ACC(T)* __restrict__ hu, // (B, H) h_prev @ U
     const T* h_prev, T* h_next,    // (B, H); may alias
     T* __restrict__ out,           // (T, B, H)
     const long long* __restrict__ lengths,
@@ -51,8 +52,8 @@ __global__ void rnn_forward(
 template <typename T>
 __global__ void rnn_backward(
     const T* __restrict__ dh_out,  // (T, B, H) or null
-    const T* dh_direct_in, T* dh_direct_out,  // (B, H); may alias
-    const T* __restrict__ dh_rec,  // (B, H) dgates(s+1) @ U^T
+    const ACC(T)* dh_direct_in, ACC(T)* dh_direct_out,  // (B, H); may alias
+    const ACC(T)* __restrict__ dh_rec,  // (B, H) dgates(s+1) @ U^T
     const T* __restrict__ h_new,   // (B, H) Hs[s + 1]
     T* __restrict__ dgates,        // (B, H) slot s
     const long long* __restrict__ lengths,
@@ -85,7 +86,7 @@ __global__ void rnn_backward(
 
 template <typename T>
 __global__ void rnn_persist_forward(
-    const T* __restrict__ xw, const T* __restrict__ bias, const T* __restrict__ U,
+    const ACC(T)* __restrict__ xw, const T* __restrict__ bias, const T* __restrict__ U,
     T* hs,
     T* __restrict__ out,           // (T, B, H)
     const long long* __restrict__ lengths,

@@ -282,8 +282,9 @@ def test_check_quick_passes_on_a_correct_backend(extra_backends, capsys):
     assert rc == 0, out
     assert "seed 3" in out
     rows = [l for l in out.splitlines() if "twin" in l and "float" in l]
-    assert len(rows) == 10 and all("pass" in l for l in rows)     # 5 cells x 2 dtypes
-    assert "all 60 comparisons passed" in out       # x 2 sizes x 3 variants
+    cells = len(fastrnn.CELLS)
+    assert len(rows) == 2 * cells and all("pass" in l for l in rows)     # cells x 2 dtypes
+    assert f"all {12 * cells} comparisons passed" in out     # x 2 sizes x 3 variants
 
 
 def test_check_fails_on_broken_backends(extra_backends, capsys):

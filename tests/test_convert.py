@@ -12,7 +12,21 @@ import sys
 
 os.environ["KERAS_BACKEND"] = "torch"      # before keras is imported anywhere in this process
 
-import keras  # noqa: E402
+try:
+    import keras  # noqa: E402
+except ImportError as _exc:                 # e.g. the GPU machines: the Keras tests skip
+    class _SkipWithoutKeras:
+        """Stands for the keras module: a test that reaches for keras is skipped, saying
+        why, and every test that does not (torch, notebooks, weight lists) still runs."""
+
+        why = f"keras is not installed ({_exc}); pip install -e '.[test]' brings it"
+
+        def __getattr__(self, name):
+            if name.startswith(("_", "pytest")):       # pytest's own look at module names
+                raise AttributeError(name)
+            pytest.skip(self.why)
+
+    keras = _SkipWithoutKeras()
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -301,9 +315,13 @@ class TestTorchErrors:
         with pytest.raises(ValueError, match="params"):
             convert.to_torch("lstm", random_params(rng, "lstm", 5, 3), torch.nn.LSTM(2, 3))
 
-    def test_projection_lstm_refused(self):
-        with pytest.raises(ValueError, match="proj_size"):
-            convert.from_torch(torch.nn.LSTM(2, 4, proj_size=2))
+    def test_projection_lstm_is_lstmp_not_lstm(self):
+        module = torch.nn.LSTM(2, 4, proj_size=2)
+        assert convert.from_torch(module).cell == "lstmp"
+        with pytest.raises(ValueError, match="weight_hr_l0, the projection .* cell 'lstmp'"):
+            convert.from_torch(module.state_dict(), "lstm")
+        with pytest.raises(ValueError, match="cell: 'lstmp' has no Keras counterpart"):
+            convert.to_keras("lstmp", convert.from_torch(module).params)
 
     def test_integer_and_mixed_dtypes(self, rng):
         sd = {k: v.double() for k, v in torch.nn.RNN(2, 3).state_dict().items()}
@@ -680,10 +698,12 @@ class TestNotebookErrors:
 def test_every_round_trip_is_exact(cell, I, H, dtype, seed):
     """fastrnn -> X -> fastrnn is bit-exact for every layout that can hold the cell."""
     params = random_params(np.random.default_rng(seed), cell, I, H, dtype)
-    if cell in TORCH_CELLS:
+    if cell in TORCH_CELLS + ["lstmp"]:
         sd = convert.to_torch(cell, params, layer=2, reverse=True)
         assert_params_equal(convert.from_torch(sd, cell, layer=2, reverse=True).params, params)
-    assert_params_equal(convert.from_keras(convert.to_keras(cell, params), cell).params, params)
+    if cell in KERAS_CELLS:
+        assert_params_equal(convert.from_keras(convert.to_keras(cell, params), cell).params,
+                            params)
     if cell in NOTEBOOK_CELLS:
         for orientation in ("column", "row"):
             nb = convert.to_notebook(cell, params, orientation=orientation)

@@ -32,6 +32,7 @@ def _record(kind: str, err: float) -> float:
 # ------------------------------------------------------------------ finite differences
 
 FD_T, FD_B, FD_I, FD_H = 4, 3, 2, 3
+FD_P = 2                                # lstmp's projection: h narrower than c
 FD_LENGTHS = np.array([2, 4, 1])        # unsorted, one full, one of length 1
 MODES = {"plain": (False, False), "lengths": (True, False), "reverse": (False, True),
          "reverse+lengths": (True, True)}
@@ -52,13 +53,20 @@ def _fd_cases():
 def _fd_problem(rng, cell, states):
     spec = CELLS[cell]
     T, B, I, H = FD_T, FD_B, FD_I, FD_H
+    P = _fd_width(spec)
     inputs = {"x": rng.standard_normal((T, B, I))}
-    inputs.update({k: rng.uniform(-1, 1, s) for k, s in spec.param_shapes(I, H).items()})
+    inputs.update({k: rng.uniform(-1, 1, s)
+                   for k, s in spec.param_shapes(I, H, P).items()})
     if states:
-        inputs["h0"] = rng.standard_normal((B, H)) * 0.5
+        inputs["h0"] = rng.standard_normal((B, P)) * 0.5
         if spec.has_cell_state:
             inputs["c0"] = rng.standard_normal((B, H)) * 0.5
     return inputs
+
+
+def _fd_width(spec):
+    """The width of h: FD_P for lstmp, FD_H otherwise."""
+    return FD_P if spec.has_projection else FD_H
 
 
 def _run(cell, inputs, lengths, reverse, training):
@@ -82,7 +90,9 @@ def test_gradient_matches_finite_differences(rng, cell, mode, states, name):
     use_lengths, reverse = MODES[mode]
     lengths = FD_LENGTHS if use_lengths else None
     inputs = _fd_problem(rng, cell, states)
-    dh, dh_n, dc_n = make_upstream(rng, cell, FD_T, FD_B, FD_H)
+    P = _fd_width(spec)
+    dh, dh_n, _ = make_upstream(rng, cell, FD_T, FD_B, P)
+    dc_n = rng.standard_normal((FD_B, FD_H)) if spec.has_cell_state else None
 
     res = _run(cell, inputs, lengths, reverse, training=True)
     grads = fastrnn.backward(res.tape, dh, dh_n, dc_n)
@@ -91,7 +101,7 @@ def test_gradient_matches_finite_differences(rng, cell, mode, states, name):
     # Perturb a private copy; a state that was None is perturbed around zero.
     work = {k: v.copy() for k, v in inputs.items()}
     if name not in work:
-        work[name] = np.zeros((FD_B, FD_H))
+        work[name] = np.zeros((FD_B, P if name == "h0" else FD_H))
     arr = work[name]
     base_active = res.h > 0          # rnn_relu: all evaluations must stay on one linear piece
     numeric = np.zeros_like(arr)

@@ -105,8 +105,8 @@ class StepRunner:
     def __init__(self, backend: Backend, cell: CellSpec, weights, batch_size: int, dtype):
         self.backend, self.cell, self.weights = backend, cell, weights
         xp = backend.xp
-        H = self.hidden_size = int(weights["U"].shape[0])
-        self.h = xp.zeros((batch_size, H), dtype=dtype)
+        H, P = cell.sizes_of(weights)
+        self.h = xp.zeros((batch_size, P), dtype=dtype)
         self.c = xp.zeros((batch_size, H), dtype=dtype) if cell.has_cell_state else None
 
     def run(self, x):

@@ -130,19 +130,22 @@ def _digest(a) -> int:
 class _Layout:
     """How the caller's arrays map onto the canonical (T, B, ·) form."""
 
-    __slots__ = ("unbatched", "batch_first", "T", "B", "I", "H", "dtype")
+    __slots__ = ("unbatched", "batch_first", "T", "B", "I", "H", "C", "dtype")
 
-    def __init__(self, unbatched, batch_first, T, B, I, H, dtype):
+    def __init__(self, unbatched, batch_first, T, B, I, H, dtype, C=None):
+        """H: the width of h (P for lstmp); C: the width of the cell state c (H)."""
         self.unbatched, self.batch_first = unbatched, batch_first
         self.T, self.B, self.I, self.H, self.dtype = T, B, I, H, dtype
+        self.C = H if C is None else C
 
     def seq_shape(self, width: int) -> tuple:
         if self.unbatched:
             return (self.T, width)
         return (self.B, self.T, width) if self.batch_first else (self.T, self.B, width)
 
-    def state_shape(self) -> tuple:
-        return (self.H,) if self.unbatched else (self.B, self.H)
+    def state_shape(self, width: int | None = None) -> tuple:
+        width = self.H if width is None else width
+        return (width,) if self.unbatched else (self.B, width)
 
     def seq_to_user(self, a):
         if self.unbatched:
@@ -163,9 +166,9 @@ class _Layout:
         return xp.ascontiguousarray(a[None, :] if self.unbatched else a)
 
 
-def _check_state(xp, name, a, layout: _Layout):
+def _check_state(xp, name, a, layout: _Layout, width=None):
     a = as_array(xp, name, a)
-    check_shape(name, a, layout.state_shape(),
+    check_shape(name, a, layout.state_shape(width),
                 "H" if layout.unbatched else "(B, H): batch size and hidden size")
     check_same_dtype(name, a, layout.dtype)
     return layout.state_from_user(xp, a)
@@ -199,7 +202,8 @@ def forward(cell, x, params, h0=None, c0=None, *, lengths=None, reverse=False,
         params: mapping name -> array, shapes as in :mod:`fastrnn.core.cells`, dtype of x;
             or :class:`~fastrnn.core.prepared.PreparedWeights` from :func:`fastrnn.prepare`
             (checked and packed once; they choose the backend when ``backend="auto"``).
-        h0, c0: initial states (B, H) ((H,) unbatched); zeros when None. c0 only for lstm.
+        h0, c0: initial states (B, H) ((H,) unbatched); zeros when None. c0 only for lstm
+            and lstmp (whose h0 is (B, P)).
         lengths: (B,) integers in 1..T; sequence b is valid for t < lengths[b].
         reverse: run each sequence from its last valid step back to its first.
         batch_first: x and the returned h are (B, T, ·).
@@ -228,21 +232,22 @@ def forward(cell, x, params, h0=None, c0=None, *, lengths=None, reverse=False,
         raise ValueError(f"x: expected at least one time step, sequence and feature, got "
                          f"shape {tuple(x.shape)}")
     if weights is None:
-        p, H = check_params(xp, spec, p, I, be.dtypes)
+        p, H = check_params(xp, spec, p, I, be.dtypes)      # H: the width of h (P for lstmp)
         for k, a in p.items():
             check_same_dtype(f"params[{k!r}]", a, x.dtype)
             if not a.flags.c_contiguous:
                 p[k] = xp.ascontiguousarray(a)
         weights = be.prepare(spec, p)
     else:
-        H = p["U"].shape[0]
+        H = p["U"].shape[0]                                  # the width of h (P for lstmp)
         if p["W"].shape[0] != I:
             raise ValueError(f"x: expected {p['W'].shape[0]} features (the input size of the "
                              f"prepared params), got shape {tuple(x.shape)}")
         if x.dtype != p["W"].dtype:
             raise TypeError(f"x: expected dtype {p['W'].dtype} (the dtype of the prepared "
                             f"params), got {x.dtype}; mixed dtypes are not converted silently")
-    layout = _Layout(unbatched, bool(batch_first) and not unbatched, T, B, I, H, x.dtype)
+    layout = _Layout(unbatched, bool(batch_first) and not unbatched, T, B, I, H, x.dtype,
+                     spec.sizes_of(p)[0])
     return _run_forward(spec, be, layout.seq_from_user(xp, x), p, weights, h0, c0, lengths,
                         bool(reverse), bool(training), layout, bool(guard), mutable)
 
@@ -255,10 +260,11 @@ def _run_forward(spec, be, x3, params, weights, h0, c0, lengths, reverse, traini
     h0c = (xp.zeros((B, H), dtype=layout.dtype) if h0 is None
            else _check_state(xp, "h0", h0, layout))
     if spec.has_cell_state:
-        c0c = (xp.zeros((B, H), dtype=layout.dtype) if c0 is None
-               else _check_state(xp, "c0", c0, layout))
+        c0c = (xp.zeros((B, layout.C), dtype=layout.dtype) if c0 is None
+               else _check_state(xp, "c0", c0, layout, layout.C))
     elif c0 is not None:
-        raise ValueError(f"c0: cell {spec.name!r} has no cell state; c0 is only for 'lstm'")
+        raise ValueError(f"c0: cell {spec.name!r} has no cell state; c0 is only for 'lstm' "
+                         f"and 'lstmp'")
     else:
         c0c = None
     lens = check_lengths(lengths, layout.T, B)
@@ -321,9 +327,9 @@ def backward(tape, dh=None, dh_n=None, dc_n=None, *, backend=None) -> Gradients:
     if dc_n is not None:
         if not tape.cell.has_cell_state:
             raise ValueError(f"dc_n: cell {tape.cell.name!r} has no cell state; dc_n is only "
-                             f"for 'lstm'")
-        dc_n = lay.state_from_user(xp, _check_grad(xp, "dc_n", dc_n, lay.state_shape(), lay,
-                                                   "the shape of res.c_n"))
+                             f"for 'lstm' and 'lstmp'")
+        dc_n = lay.state_from_user(xp, _check_grad(xp, "dc_n", dc_n, lay.state_shape(lay.C),
+                                                   lay, "the shape of res.c_n"))
     g = be.backward(tape.cell, tape.saved, tape.x, tape.weights, tape.h0, tape.c0,
                     tape.lengths, tape.reverse, dh, dh_n, dc_n)
     return Gradients(lay.seq_to_user(g.dx), lay.state_to_user(g.dh0),

@@ -11,6 +11,11 @@ gates side by side in the order given by :attr:`CellSpec.gates`.
 | lstm               | W (I,4H), U (H,4H), b (4H,)  [i,f,g,o]   | c' = f*c + i*g ; h' = o*tanh(c') |
 | gru                | W (I,3H), U (H,3H), b (3H,), bn (H,) [r,z,n] | n = tanh(xW_n + b_n + r*(hU_n + bn)) ; h' = (1-z)*n + z*h |
 | gru_reset_before   | W (I,3H), U (H,3H), b (3H,)  [r,z,n]     | n = tanh(xW_n + b_n + (r*h)U_n) |
+| lstmp              | W (I,4H), U (P,4H), b (4H,), Wr (H,P) [i,f,g,o] | as lstm, then h' = (o*tanh(c')) Wr |
+
+``lstmp`` is the LSTM with a projection (PyTorch's ``LSTM(proj_size=P)``): the recurrent
+input and the output ``h`` are P wide, the cell state ``c`` stays H wide. For every other
+cell the output is H wide (P = H).
 
 Nothing else in the package re-derives these facts; every backend, the converters, the
 layers and the benchmark ask this module.
@@ -35,6 +40,7 @@ class CellSpec:
         has_cell_state: True for LSTM (it carries ``c`` beside ``h``).
         has_recurrent_bias: True for ``gru``: the extra bias ``bn`` (H,) inside ``r * (hU_n + bn)``.
         nonlinearity: ``"tanh"`` or ``"relu"`` for the Elman cells, else None.
+        has_projection: True for ``lstmp``: h' = (o * tanh(c')) @ Wr, P wide.
     """
 
     name: str
@@ -42,6 +48,7 @@ class CellSpec:
     has_cell_state: bool = False
     has_recurrent_bias: bool = False
     nonlinearity: str | None = None
+    has_projection: bool = False
 
     @property
     def num_gates(self) -> int:
@@ -50,19 +57,39 @@ class CellSpec:
 
     @property
     def param_names(self) -> tuple[str, ...]:
-        return ("W", "U", "b", "bn") if self.has_recurrent_bias else ("W", "U", "b")
+        if self.has_recurrent_bias:
+            return ("W", "U", "b", "bn")
+        return ("W", "U", "b", "Wr") if self.has_projection else ("W", "U", "b")
 
     @property
     def is_gru(self) -> bool:
         return self.name in ("gru", "gru_reset_before")
 
-    def param_shapes(self, input_size: int, hidden_size: int) -> dict[str, tuple[int, ...]]:
-        """Shapes of the parameters for input size I and hidden size H."""
+    def output_size(self, hidden_size: int, proj_size: int | None = None) -> int:
+        """The width of h (outputs and hidden state): P for lstmp, else H."""
+        if not self.has_projection:
+            return hidden_size
+        if proj_size is None:
+            raise ValueError(f"proj_size: cell {self.name!r} needs the projection size P")
+        return proj_size
+
+    def param_shapes(self, input_size: int, hidden_size: int,
+                     proj_size: int | None = None) -> dict[str, tuple[int, ...]]:
+        """Shapes of the parameters for input size I, hidden size H (and P for lstmp)."""
         gh = self.num_gates * hidden_size
-        shapes = {"W": (input_size, gh), "U": (hidden_size, gh), "b": (gh,)}
+        out = self.output_size(hidden_size, proj_size)
+        shapes = {"W": (input_size, gh), "U": (out, gh), "b": (gh,)}
         if self.has_recurrent_bias:
             shapes["bn"] = (hidden_size,)
+        if self.has_projection:
+            shapes["Wr"] = (hidden_size, out)
         return shapes
+
+    def sizes_of(self, params) -> tuple[int, int]:
+        """(H, P) read off the shapes of U (and Wr): U is (P, G*H) for lstmp, (H, G*H)
+        otherwise (P = H). Assumes U is 2-d."""
+        P, gh = params["U"].shape
+        return (gh // self.num_gates if self.has_projection else P), P
 
     def gate_slice(self, gate: str, hidden_size: int) -> slice:
         """Columns of gate ``gate`` in W, U or b."""
@@ -70,25 +97,29 @@ class CellSpec:
         return slice(k * hidden_size, (k + 1) * hidden_size)
 
     def init_params(self, input_size: int, hidden_size: int, dtype="float32",
-                    seed: int | None = 0) -> dict[str, np.ndarray]:
+                    seed: int | None = 0, proj_size: int | None = None) -> dict[str, np.ndarray]:
         """PyTorch-style init: every entry uniform(-1/sqrt(H), 1/sqrt(H)), reproducible by seed."""
         rng = np.random.default_rng(seed)
         bound = 1.0 / np.sqrt(hidden_size)
         dtype = np.dtype(dtype)
         return {name: rng.uniform(-bound, bound, size=shape).astype(dtype)
-                for name, shape in self.param_shapes(input_size, hidden_size).items()}
+                for name, shape in self.param_shapes(input_size, hidden_size,
+                                                     proj_size).items()}
 
-    def forward_flops(self, T: int, B: int, I: int, H: int) -> int:
-        """Matmul FLOPs of a forward pass: input projection plus recurrent product.
+    def forward_flops(self, T: int, B: int, I: int, H: int, P: int | None = None) -> int:
+        """Matmul FLOPs of a forward pass: input projection plus recurrent product (plus
+        the output projection of lstmp).
 
         Pointwise work (a few dozen FLOPs per (t, b, h)) is left out, as is usual
         for GFLOP/s figures of RNNs; it is a few percent of the total from H = 64 on.
         """
-        return 2 * T * B * (I + H) * self.num_gates * H
+        out = self.output_size(H, P)
+        flops = 2 * T * B * (I + out) * self.num_gates * H
+        return flops + (2 * T * B * H * out if self.has_projection else 0)
 
-    def backward_flops(self, T: int, B: int, I: int, H: int) -> int:
-        """Matmul FLOPs of a backward pass: dgates@U^T, dgates@W^T, dW and dU (2x forward)."""
-        return 2 * self.forward_flops(T, B, I, H)
+    def backward_flops(self, T: int, B: int, I: int, H: int, P: int | None = None) -> int:
+        """Matmul FLOPs of a backward pass: each product of the forward twice (2x forward)."""
+        return 2 * self.forward_flops(T, B, I, H, P)
 
 
 CELLS: dict[str, CellSpec] = {
@@ -97,6 +128,7 @@ CELLS: dict[str, CellSpec] = {
     "lstm": CellSpec("lstm", ("i", "f", "g", "o"), has_cell_state=True),
     "gru": CellSpec("gru", ("r", "z", "n"), has_recurrent_bias=True),
     "gru_reset_before": CellSpec("gru_reset_before", ("r", "z", "n")),
+    "lstmp": CellSpec("lstmp", ("i", "f", "g", "o"), has_cell_state=True, has_projection=True),
 }
 
 ALIASES: dict[str, str] = {"rnn": "rnn_tanh"}

@@ -76,7 +76,8 @@ def check_sequence_input(xp, x, allowed_dtypes, lengths):
 
 
 def check_params(xp, cell: CellSpec, params, input_size: int, allowed_dtypes):
-    """Validated params dict (name -> array) and the hidden size H read off U."""
+    """Validated params dict (name -> array) and the width of h read off U: the hidden
+    size H, or the projection size P for lstmp (whose H is ``cell.sizes_of(params)[0]``)."""
     if not isinstance(params, Mapping):
         raise TypeError(f"params: expected a mapping of parameter name to array "
                         f"({', '.join(cell.param_names)}), got {type(params).__name__}")
@@ -90,18 +91,22 @@ def check_params(xp, cell: CellSpec, params, input_size: int, allowed_dtypes):
                          f"cell {cell.name!r}, which takes {', '.join(cell.param_names)}")
     out = {k: as_array(xp, f"params[{k!r}]", params[k]) for k in cell.param_names}
     U = out["U"]
-    if U.ndim != 2 or U.shape[0] < 1:
-        raise ValueError(f"params['U']: expected a 2-d array (H, {cell.num_gates}*H), "
-                         f"got shape {tuple(U.shape)}")
-    H = U.shape[0]
-    for k, shape in cell.param_shapes(input_size, H).items():
+    rows = "P" if cell.has_projection else "H"
+    G = cell.num_gates
+    if (U.ndim != 2 or U.shape[0] < 1 or U.shape[1] < 1
+            or (cell.has_projection and U.shape[1] % G)):
+        raise ValueError(f"params['U']: expected a 2-d array ({rows}, {G}*H), got shape "
+                         f"{tuple(U.shape)}")
+    H, P = cell.sizes_of(out)
+    sizes = f"hidden size {H}" + (f" and projection size {P}" if cell.has_projection else "")
+    for k, shape in cell.param_shapes(input_size, H, P).items():
         check_shape(f"params[{k!r}]", out[k], shape,
-                    f"cell {cell.name!r} with input size {input_size} and hidden size {H}")
+                    f"cell {cell.name!r} with input size {input_size} and {sizes}")
     dtype = out["W"].dtype
     for k, a in out.items():
         check_float(f"params[{k!r}]", a, allowed_dtypes)
         check_same_dtype(f"params[{k!r}]", a, dtype)
-    return out, H
+    return out, P
 
 
 def check_lengths(lengths, T: int, B: int):

@@ -160,7 +160,8 @@ def _check_orientation(orientation) -> str:
 
 #: ``torch.nn.RNNBase.mode`` -> fastrnn cell name.
 TORCH_MODES = {"RNN_TANH": "rnn_tanh", "RNN_RELU": "rnn_relu", "LSTM": "lstm", "GRU": "gru"}
-_TORCH_MODULES = {"rnn_tanh": "RNN", "rnn_relu": "RNN", "lstm": "LSTM", "gru": "GRU"}
+_TORCH_MODULES = {"rnn_tanh": "RNN", "rnn_relu": "RNN", "lstm": "LSTM", "gru": "GRU",
+                  "lstmp": "LSTM"}
 
 
 def _torch_gates(spec: CellSpec) -> tuple:
@@ -175,8 +176,7 @@ def _torch_module_cell(module) -> tuple[str, bool]:
         if module.mode not in TORCH_MODES:
             raise TypeError(f"module: unsupported recurrent mode {module.mode!r}")
         if getattr(module, "proj_size", 0):
-            raise ValueError(f"module: LSTM with proj_size={module.proj_size} has no fastrnn "
-                             f"counterpart (fastrnn's LSTM has no projection)")
+            return "lstmp", False
         return TORCH_MODES[module.mode], False
     if isinstance(module, nn.LSTMCell):
         return "lstm", True
@@ -193,7 +193,7 @@ def _torch_source(source, cell, layer, reverse):
     if isinstance(source, Mapping):
         if cell is None:
             raise ValueError("cell: a state dict does not say which cell it holds; pass "
-                             "cell='rnn_tanh', 'rnn_relu', 'lstm' or 'gru'")
+                             "cell='rnn_tanh', 'rnn_relu', 'lstm', 'lstmp' or 'gru'")
         suffix = f"_l{layer}" + ("_reverse" if reverse else "")
         return get_cell(cell).name, source, suffix
     if not hasattr(source, "state_dict"):
@@ -251,7 +251,12 @@ def from_torch(source, cell=None, *, layer: int = 0, reverse: bool = False,
                          f"applies the reset after U_n: cell 'gru')")
     if not isinstance(prefix, str):
         raise TypeError(f"prefix: expected a str, got {type(prefix).__name__}")
-    keys = {n: _torch_key(state, prefix, n, suffix) for n in ("weight_ih", "weight_hh")}
+    weight_names = ("weight_ih", "weight_hh") + (("weight_hr",) if spec.has_projection else ())
+    keys = {n: _torch_key(state, prefix, n, suffix) for n in weight_names}
+    if not spec.has_projection and _torch_key(state, prefix, "weight_hr", suffix,
+                                              required=False) is not None:
+        raise ValueError(f"state_dict: has weight_hr{suffix}, the projection of an LSTM with "
+                         f"proj_size > 0; read it as cell 'lstmp', not {spec.name!r}")
     for n in ("bias_ih", "bias_hh"):
         keys[n] = _torch_key(state, prefix, n, suffix, required=False)
     if (keys["bias_ih"] is None) != (keys["bias_hh"] is None):
@@ -261,10 +266,12 @@ def from_torch(source, cell=None, *, layer: int = 0, reverse: bool = False,
     w = {n: _to_numpy(f"state_dict[{k!r}]", state[k]) for n, k in keys.items() if k is not None}
     _same_dtype(w)
     G, w_ih, w_hh = spec.num_gates, w["weight_ih"], w["weight_hh"]
-    if w_hh.ndim != 2 or w_hh.shape[0] != G * w_hh.shape[1]:
-        raise ValueError(f"state_dict[{keys['weight_hh']!r}]: expected shape ({G}*H, H) for "
-                         f"cell {spec.name!r}, got {w_hh.shape}")
-    H = w_hh.shape[1]
+    if (w_hh.ndim != 2 or w_hh.shape[0] % G or w_hh.shape[0] == 0
+            or (not spec.has_projection and w_hh.shape[0] != G * w_hh.shape[1])):
+        cols = "P" if spec.has_projection else "H"
+        raise ValueError(f"state_dict[{keys['weight_hh']!r}]: expected shape ({G}*H, {cols}) "
+                         f"for cell {spec.name!r}, got {w_hh.shape}")
+    H = w_hh.shape[0] // G
     if w_ih.ndim != 2 or w_ih.shape[0] != G * H:
         raise ValueError(f"state_dict[{keys['weight_ih']!r}]: expected shape ({G * H}, I) "
                          f"({G}*H rows, H={H}), got {w_ih.shape}")
@@ -278,6 +285,10 @@ def from_torch(source, cell=None, *, layer: int = 0, reverse: bool = False,
               "U": _permute_gates(w_hh.T, order, spec.gates),
               **fold_biases(spec, _permute_gates(b_ih, order, spec.gates),
                             _permute_gates(b_hh, order, spec.gates), H, w_ih.dtype)}
+    if spec.has_projection:
+        _check_shape(f"state_dict[{keys['weight_hr']!r}]", w["weight_hr"], (w_hh.shape[1], H),
+                     f"(P, H) with P={w_hh.shape[1]} (the columns of weight_hh) and H={H}")
+        params["Wr"] = w["weight_hr"].T
     return CellWeights(spec.name, {k: np.ascontiguousarray(v) for k, v in params.items()})
 
 
@@ -285,10 +296,13 @@ def _torch_arrays(spec: CellSpec, p: dict, H: int) -> dict:
     """fastrnn params -> (weight_ih, weight_hh, bias_ih, bias_hh) as NumPy, the documented split."""
     order = _torch_gates(spec)
     b_ih, b_hh = split_biases(spec, p["b"], p.get("bn"))
-    return {"weight_ih": _permute_gates(p["W"], spec.gates, order).T,
-            "weight_hh": _permute_gates(p["U"], spec.gates, order).T,
-            "bias_ih": _permute_gates(b_ih, spec.gates, order),
-            "bias_hh": _permute_gates(b_hh, spec.gates, order)}
+    arrays = {"weight_ih": _permute_gates(p["W"], spec.gates, order).T,
+              "weight_hh": _permute_gates(p["U"], spec.gates, order).T,
+              "bias_ih": _permute_gates(b_ih, spec.gates, order),
+              "bias_hh": _permute_gates(b_hh, spec.gates, order)}
+    if spec.has_projection:
+        arrays["weight_hr"] = p["Wr"].T
+    return arrays
 
 
 def to_torch(cell, params, module=None, *, layer: int = 0, reverse: bool = False,
@@ -325,10 +339,14 @@ def to_torch(cell, params, module=None, *, layer: int = 0, reverse: bool = False
     suffix = _torch_source(module, None, layer, bool(reverse))[2]
     targets = {n: getattr(module, n + suffix, None) for n in arrays}
     w_ih = targets["weight_ih"]
-    if tuple(w_ih.shape) != arrays["weight_ih"].shape or module.hidden_size != H:
-        raise ValueError(f"params: input size {I} and hidden size {H} do not match the module's "
-                         f"weight_ih{suffix} of shape {tuple(w_ih.shape)} "
-                         f"(hidden_size={module.hidden_size})")
+    hidden = spec.sizes_of(p)[0]
+    if (tuple(w_ih.shape) != arrays["weight_ih"].shape or module.hidden_size != hidden
+            or getattr(module, "proj_size", 0) != (H if spec.has_projection else 0)):
+        raise ValueError(f"params: input size {I}, hidden size {hidden}"
+                         + (f" and projection size {H}" if spec.has_projection else "")
+                         + f" do not match the module's weight_ih{suffix} of shape "
+                         f"{tuple(w_ih.shape)} (hidden_size={module.hidden_size}, "
+                         f"proj_size={getattr(module, 'proj_size', 0)})")
     if targets["bias_ih"] is None:
         nonzero = [n for n in ("bias_ih", "bias_hh") if np.any(arrays[n])]
         if nonzero:
@@ -347,6 +365,9 @@ _KERAS_ACTIVATIONS = {"tanh": "rnn_tanh", "relu": "rnn_relu"}
 
 
 def _keras_gates(spec: CellSpec) -> tuple:
+    if spec.has_projection:
+        raise ValueError(f"cell: {spec.name!r} has no Keras counterpart (Keras's LSTM has no "
+                         f"projection)")
     return KERAS_GATES.get(spec.name, spec.gates)
 
 

@@ -76,7 +76,7 @@ class Layer:
     """
 
     def __init__(self, cell, input_size: int, hidden_size: int, *, backend="auto",
-                 dtype="float32", seed: int | None = 0):
+                 dtype="float32", seed: int | None = 0, proj_size: int | None = None):
         for name, v in (("input_size", input_size), ("hidden_size", hidden_size)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name}: expected a positive int, got {v!r}")
@@ -85,8 +85,8 @@ class Layer:
         self.cell = get_cell(cell)
         self.input_size, self.hidden_size = input_size, hidden_size
         self.backend = backend
-        self._params = LayerParams(self.cell, self.cell.init_params(input_size, hidden_size,
-                                                                   dtype, seed))
+        self._params = LayerParams(self.cell, self.cell.init_params(
+            input_size, hidden_size, dtype, seed, proj_size=proj_size))
         self._prepared, self._prepared_version = None, None
 
     @property
@@ -126,10 +126,15 @@ class Layer:
 
 
 class LSTM(Layer):
-    """LSTM layer, gates i, f, g, o; ``layer(x, h0, c0)``."""
+    """LSTM layer, gates i, f, g, o; ``layer(x, h0, c0)``. With ``proj_size=P`` > 0 the cell
+    is ``lstmp``: h = (o * tanh(c)) @ Wr is P wide, c stays ``hidden_size`` wide."""
 
-    def __init__(self, input_size, hidden_size, *, backend="auto", dtype="float32", seed=0):
-        super().__init__("lstm", input_size, hidden_size, backend=backend, dtype=dtype, seed=seed)
+    def __init__(self, input_size, hidden_size, *, proj_size=0, backend="auto",
+                 dtype="float32", seed=0):
+        if isinstance(proj_size, bool) or not isinstance(proj_size, int) or proj_size < 0:
+            raise ValueError(f"proj_size: expected an int >= 0, got {proj_size!r}")
+        super().__init__("lstmp" if proj_size else "lstm", input_size, hidden_size,
+                         backend=backend, dtype=dtype, seed=seed, proj_size=proj_size or None)
 
 
 class GRU(Layer):

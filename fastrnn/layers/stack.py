@@ -81,14 +81,15 @@ class StackTape:
         (T, B, D*H) (time-major) that multiplied its output, or None without dropout.
     """
 
-    __slots__ = ("cell", "backend", "num_layers", "num_directions", "hidden_size", "tapes",
-                 "masks", "unbatched", "batch_first", "shape", "bare")
+    __slots__ = ("cell", "backend", "num_layers", "num_directions", "hidden_size", "cell_size",
+                 "tapes", "masks", "unbatched", "batch_first", "shape", "bare")
 
-    def __init__(self, cell, backend, num_layers, num_directions, hidden_size, tapes, masks,
-                 unbatched, batch_first, shape, bare):
+    def __init__(self, cell, backend, num_layers, num_directions, hidden_size, cell_size,
+                 tapes, masks, unbatched, batch_first, shape, bare):
         self.cell, self.backend = cell, backend
         self.num_layers, self.num_directions = num_layers, num_directions
         self.hidden_size, self.tapes, self.masks = hidden_size, tapes, masks
+        self.cell_size = cell_size            # the width of c (the hidden size of lstmp)
         self.unbatched, self.batch_first = unbatched, batch_first
         self.shape, self.bare = shape, bare      # (T, B, I, dtype); which layers had bare mappings
 
@@ -246,10 +247,12 @@ def stack_forward(cell, x, params, h0=None, c0=None, *, lengths=None, batch_firs
                 check_same_dtype(f"params[{l}][{d}][{k!r}]", a, x.dtype)
     L, D = len(plist), len(plist[0])
     state_shape = (L * D, H) if unbatched else (L * D, B, H)
+    C = spec.sizes_of(plist[0][0])[0]                    # the width of c: H, even for lstmp
+    c_shape = state_shape[:-1] + (C,)
     h0s = None if h0 is None else _check_states(xp, "h0", h0, state_shape, x.dtype, unbatched)
     if c0 is not None and not spec.has_cell_state:
         raise ValueError(f"c0: cell {spec.name!r} has no cell state; c0 is only for 'lstm'")
-    c0s = None if c0 is None else _check_states(xp, "c0", c0, state_shape, x.dtype, unbatched)
+    c0s = None if c0 is None else _check_states(xp, "c0", c0, c_shape, x.dtype, unbatched)
     lens = check_lengths(lengths, T, B)
     p_drop = _check_dropout(dropout)
     use_dropout = bool(training) and p_drop > 0 and L > 1
@@ -287,7 +290,7 @@ def stack_forward(cell, x, params, h0=None, c0=None, *, lengths=None, batch_firs
         c_n = None if c_n is None else c_n[:, 0, :]
     tape = None
     if training:
-        tape = StackTape(spec, be, L, D, H, tuple(r.tape for r in results), tuple(masks),
+        tape = StackTape(spec, be, L, D, H, C, tuple(r.tape for r in results), tuple(masks),
                          unbatched, batch_first, (T, B, I, x.dtype), tuple(bare))
     return StackResult(_seq_to_user(inp, unbatched, batch_first), h_n, c_n, tape)
 
@@ -338,7 +341,8 @@ def stack_backward(tape, dh=None, dh_n=None, dc_n=None) -> StackGradients:
         if not tape.cell.has_cell_state:
             raise ValueError(f"dc_n: cell {tape.cell.name!r} has no cell state; dc_n is only "
                              f"for 'lstm'")
-        dc_n = _check_grad(xp, "dc_n", dc_n, state_shape, dtype, "the shape of res.c_n")
+        dc_n = _check_grad(xp, "dc_n", dc_n, state_shape[:-1] + (tape.cell_size,), dtype,
+                           "the shape of res.c_n")
         dc_n = dc_n[:, None, :] if ub else dc_n
 
     grads = [None] * (L * D)
@@ -373,12 +377,14 @@ def stack_backward(tape, dh=None, dh_n=None, dc_n=None) -> StackGradients:
 # ------------------------------------------------------------------------ params, Stack
 
 def init_stack_params(cell, input_size: int, hidden_size: int, num_layers: int = 1, *,
-                      bidirectional: bool = False, dtype="float32", seed=0) -> list:
+                      bidirectional: bool = False, dtype="float32", seed=0,
+                      proj_size: int | None = None) -> list:
     """PyTorch-style init for a stack: a list over layers of tuples over directions.
 
     Every entry is uniform(-1/sqrt(H), 1/sqrt(H)); each layer-direction draws from its own
     stream derived from ``seed`` (an int, a ``numpy.random.SeedSequence``, or None for
-    fresh entropy).
+    fresh entropy). ``proj_size`` is P of ``lstmp`` (whose layers above the first read D*P
+    features).
     """
     spec = get_cell(cell)
     for name, v in (("input_size", input_size), ("hidden_size", hidden_size),
@@ -390,8 +396,10 @@ def init_stack_params(cell, input_size: int, hidden_size: int, num_layers: int =
     D = 2 if bidirectional else 1
     root = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
     streams = root.spawn(num_layers * D)
-    return [tuple(spec.init_params(input_size if l == 0 else D * hidden_size, hidden_size,
-                                   dtype, seed=np.random.default_rng(streams[l * D + d]))
+    out = spec.output_size(hidden_size, proj_size)
+    return [tuple(spec.init_params(input_size if l == 0 else D * out, hidden_size, dtype,
+                                   seed=np.random.default_rng(streams[l * D + d]),
+                                   proj_size=proj_size)
                   for d in range(D))
             for l in range(num_layers)]
 

@@ -44,18 +44,21 @@ class RandomProblem:
 
 
 def random_params(rng: np.random.Generator, cell, I: int, H: int, dtype="float64",
-                  scale: float | None = None) -> dict:
-    """Every parameter uniform(-scale, scale); scale 1/sqrt(H) (PyTorch's init) unless given."""
+                  scale: float | None = None, proj_size: int | None = None) -> dict:
+    """Every parameter uniform(-scale, scale); scale 1/sqrt(H) (PyTorch's init) unless given.
+    ``proj_size`` is P of lstmp (H when None, so that h is H wide for every cell)."""
     spec = get_cell(cell)
     bound = 1.0 / np.sqrt(H) if scale is None else scale
+    P = (H if proj_size is None else proj_size) if spec.has_projection else None
     return {k: (rng.uniform(-1, 1, s) * bound).astype(dtype)
-            for k, s in spec.param_shapes(I, H).items()}
+            for k, s in spec.param_shapes(I, H, P).items()}
 
 
 def random_problem(rng: np.random.Generator, cell, T: int, B: int, I: int, H: int,
                    dtype="float64", *, lengths: bool = False, states: bool = False,
-                   param_scale: float | None = None) -> RandomProblem:
-    """A random problem of size (T, B, I, H).
+                   param_scale: float | None = None,
+                   proj_size: int | None = None) -> RandomProblem:
+    """A random problem of size (T, B, I, H) (and P = proj_size for lstmp, default H).
 
     lengths: draw lengths in 1..T, the first sequence full length (as in a padded batch)
         and, from B = 2 on, the last one at most T // 2 long, so padding is always there.
@@ -63,9 +66,10 @@ def random_problem(rng: np.random.Generator, cell, T: int, B: int, I: int, H: in
     param_scale: see :func:`random_params`.
     """
     spec = get_cell(cell)
-    params = random_params(rng, spec, I, H, dtype, param_scale)
+    params = random_params(rng, spec, I, H, dtype, param_scale, proj_size)
+    P = spec.sizes_of(params)[1]                          # the width of h
     x = rng.standard_normal((T, B, I)).astype(dtype)
-    h0 = (rng.standard_normal((B, H)) * 0.5).astype(dtype) if states else None
+    h0 = (rng.standard_normal((B, P)) * 0.5).astype(dtype) if states else None
     c0 = ((rng.standard_normal((B, H)) * 0.5).astype(dtype)
           if states and spec.has_cell_state else None)
     lens = None
@@ -74,7 +78,7 @@ def random_problem(rng: np.random.Generator, cell, T: int, B: int, I: int, H: in
         if B > 1:
             lens[0] = T
             lens[-1] = min(lens[-1], max(1, T // 2))
-    dh = rng.standard_normal((T, B, H)).astype(dtype)
-    dh_n = rng.standard_normal((B, H)).astype(dtype)
+    dh = rng.standard_normal((T, B, P)).astype(dtype)
+    dh_n = rng.standard_normal((B, P)).astype(dtype)
     dc_n = rng.standard_normal((B, H)).astype(dtype) if spec.has_cell_state else None
     return RandomProblem(spec, x, params, h0, c0, lens, dh, dh_n, dc_n)

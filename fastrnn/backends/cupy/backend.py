@@ -11,7 +11,20 @@ brings one back to the host. ``backend="auto"`` picks this backend for CuPy inpu
 
 dtypes: float32 and float64; float16 storage with float32 arithmetic in the kernels (the
 GEMMs accumulate in float32 inside cuBLAS); bfloat16 likewise where CuPy >= 14 and
-``ml_dtypes`` are installed.
+``ml_dtypes`` are installed. With 16-bit storage the intermediates (``x @ W``, the per-step
+``h @ U``, the state gradients carried from step to step) stay float32; only the outputs,
+the states and the tape are rounded to 16 bits.
+
+Float32 flushes subnormals to zero: CuPy compiles every kernel with ``-ftz=true``, so the
+kernels' float32 arithmetic (also that of 16-bit storage) takes subnormal operands as 0
+and returns 0 for results below 1.18e-38 in magnitude (FLT_MIN). So ``sigmoid`` is
+exactly 0 below ln(FLT_MIN) ~ -87.34, where the reference still gives values down to
+1e-45, and ``tanh`` of a subnormal pre-activation is 0. These differences lie below
+1.2e-38 absolute, far inside every tolerance; float64 and cuBLAS's products are not
+affected. tests/test_gpu.py models the kernels' float32 math the same way.
+
+Compilation: the kernels compile on first use with NVRTC through CuPy (see :mod:`.nvrtc`,
+which also says when CuPy's disk cache serves them to a new process).
 
 Importing this module never fails: without CuPy (or without a GPU) the backend reports
 why through :meth:`CupyBackend.unavailable_reason`.
@@ -19,15 +32,14 @@ why through :meth:`CupyBackend.unavailable_reason`.
 
 from __future__ import annotations
 
-import numpy as np
-
 from ..base import Backend, ForwardOut
 from .lib import IMPORT_ERROR, cupy
-from .nvrtc import kernel_dir
+from .nvrtc import compile_problem, kernel_dir
 from .persistent import persistent_backward, persistent_forward, plan_for_call
 from .steps import (NULL, Saved, StateSeq, Steps, cublas_bindings, finish_backward, grad_init,
                     grurb_backward, grurb_forward, gru_backward, gru_forward, lstm_backward,
-                    lstm_forward, mm, rnn_backward, rnn_forward)
+                    lstm_forward, lstmp_backward, lstmp_forward, project, rnn_backward,
+                    rnn_forward)
 
 __all__ = ["CupyBackend"]
 
@@ -53,8 +65,9 @@ class CupyBackend(Backend):
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
-        """None if CuPy, a CUDA device, NVRTC, cuBLAS and the kernel sources are all there,
-        else why not, as a sentence. Never raises."""
+        """None if CuPy, a CUDA device, cuBLAS, the kernel sources and CuPy's compile path
+        (NVRTC, the CUDA headers it needs, a compile and load of one kernel module) all
+        work, else why not, as a sentence. Never raises."""
         try:
             if cupy is None:
                 return (f"CuPy is not installed or cannot be imported ({IMPORT_ERROR}); "
@@ -68,13 +81,6 @@ class CupyBackend(Backend):
             if count < 1:
                 return "CuPy sees no CUDA device (cupy.cuda.runtime.getDeviceCount() is 0)"
             try:
-                cupy.cuda.nvrtc.getVersion()
-            except AttributeError:
-                pass
-            except Exception as exc:  # noqa: BLE001 - the NVRTC library is missing
-                return (f"CuPy cannot load NVRTC, which compiles fastrnn's CUDA kernels "
-                        f"({type(exc).__name__}: {exc})")
-            try:
                 cublas_bindings().gemmEx  # noqa: B018 - the binding the per-step GEMMs call
             except Exception as exc:  # noqa: BLE001
                 return (f"CuPy's cuBLAS bindings cannot be loaded "
@@ -83,7 +89,7 @@ class CupyBackend(Backend):
                 kernel_dir()
             except FileNotFoundError as exc:
                 return str(exc)
-            return None
+            return compile_problem()
         except Exception as exc:  # noqa: BLE001 - never raise from a probe
             return f"checking the GPU failed ({type(exc).__name__}: {exc})"
 
@@ -95,7 +101,7 @@ class CupyBackend(Backend):
             H = h0.shape[1]
             lens = None if lengths is None else cupy.asarray(lengths, dtype=cupy.int64)
             st = Steps(T, B, H, lens, reverse, x.dtype)
-            xw = mm(x.reshape(T * B, I), params["W"]).reshape(T, B, -1)
+            xw = project(x.reshape(T * B, I), params["W"]).reshape(T, B, -1)   # st.acc
             out = cupy.empty((T, B, H), dtype=x.dtype)
             plan = plan_for_call(cell, B, H, x.dtype, backward=False)
             if plan is not None:
@@ -103,9 +109,10 @@ class CupyBackend(Backend):
                 if done is not None:
                     return done
             hs = StateSeq(h0, T, training)
-            if cell.name == "lstm":
+            if cell.has_cell_state:
                 cs = StateSeq(c0, T, training)
-                gates = lstm_forward(st, xw, params, hs, cs, out, training)
+                step = lstmp_forward if cell.has_projection else lstm_forward
+                gates = step(st, xw, params, hs, cs, out, training)
                 saved = Saved(hs.buf, cs.buf, gates, None, lens) if training else None
                 return ForwardOut(out, hs.final(), cs.final(), saved)
             rh = None
@@ -130,12 +137,16 @@ class CupyBackend(Backend):
                 done = persistent_backward(st, cell, saved, params, dh_arg, dh_n, dc_n, plan)
             if done is not None:
                 return finish_backward(st, cell, saved, x, params, *done)
-            direct = grad_init(dh_n, (B, H), x.dtype)    # state gradient: the kernels' part
-            rec = cupy.zeros((B, H), dtype=x.dtype)        # ... and the cuBLAS part
+            direct = grad_init(dh_n, (B, H), st.acc)     # state gradient: the kernels' part
+            rec = cupy.zeros((B, H), dtype=st.acc)         # ... and the cuBLAS part
             dc0 = None
             if cell.name == "lstm":
-                dc0 = grad_init(dc_n, (B, H), x.dtype)
+                dc0 = grad_init(dc_n, (B, H), st.acc)
                 dgx = dgr = lstm_backward(st, saved, params, dh_arg, direct, rec, dc0)
+            elif cell.name == "lstmp":
+                dc0 = grad_init(dc_n, c0.shape, st.acc)
+                dgr = lstmp_backward(st, saved, params, dh_arg, direct, rec, dc0)
+                dgx = dgr[0]
             elif cell.name == "gru":
                 dgx, dgr = gru_backward(st, saved, params, dh_arg, direct, rec)
             elif cell.name == "gru_reset_before":
@@ -143,7 +154,10 @@ class CupyBackend(Backend):
             else:
                 dgx = dgr = rnn_backward(st, saved, params, dh_arg, direct, rec,
                                           cell.nonlinearity == "relu")
-            return finish_backward(st, cell, saved, x, params, dgx, dgr, direct + rec, dc0)
+            dh0 = (direct + rec).astype(x.dtype, copy=False)
+            if dc0 is not None:
+                dc0 = dc0.astype(x.dtype, copy=False)
+            return finish_backward(st, cell, saved, x, params, dgx, dgr, dh0, dc0)
 
     def readout(self, h2, Wy, by, activation):
         with h2.device:

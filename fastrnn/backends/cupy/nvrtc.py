@@ -4,6 +4,21 @@ The sources are read from the installed package (``fastrnn/kernels``, where the 
 puts ``kernels/``) or, in a source checkout, from the repository's ``kernels/``; each
 (source, dtype) is compiled once per device by NVRTC through ``cupy.RawModule`` and kept
 for the life of the process.
+
+What NVRTC gets: :func:`module_spec`'s code, ``NVRTC_OPTIONS`` and name expressions, plus
+what CuPy adds (:func:`compiler_options`: its CCCL and header folders and the CUDA
+headers' folder, which it must find; then ``-ftz=true``, ``-arch=sm_<device>`` and
+``--device-as-default-execution-space``). ``-ftz=true`` makes float32 arithmetic flush
+subnormals to zero (see the backend's docstring). tests/test_nvrtc_compile.py runs this
+path for every source, storage type and name expression without a GPU.
+
+Across processes: CuPy keeps compiled modules in its disk cache (``~/.cupy/kernel_cache``,
+``CUPY_CACHE_DIR``; none with ``CUPY_CACHE_IN_MEMORY=1``), but with ``name_expressions``,
+which these modules use, CuPy reads that cache back only from 14.2 on, which stores the
+mangled names with the binary. CuPy 13.x and 14.0 write the binary and compile again in
+every new process (to learn the mangled names); 14.1 reads it back only where the driver
+can enumerate a module's functions (CUDA 12.4+), else compiles again. So with CuPy < 14.2,
+expect each new process to compile the sources it uses once more.
 """
 
 from __future__ import annotations
@@ -13,16 +28,20 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .lib import cupy
 
 __all__ = ["KERNELS", "COMMON_HEADER", "STORAGE_CTYPES", "NVRTC_OPTIONS", "kernel_dir",
-           "kernel_source", "function"]
+           "kernel_source", "module_spec", "compiler_options", "compile_problem", "function"]
 
 
 # source file (kernels/<name>.cu) -> the kernel templates it defines
 KERNELS: dict[str, tuple[str, ...]] = {
     "rnn": ("rnn_forward", "rnn_backward", "rnn_persist_forward", "rnn_persist_backward"),
     "lstm": ("lstm_forward", "lstm_backward", "lstm_persist_forward", "lstm_persist_backward"),
+    "lstmp": ("lstmp_forward_cell", "lstmp_forward_proj", "lstmp_backward_in",
+              "lstmp_backward_cell"),
     "gru": ("gru_forward", "gru_backward", "grurb_forward_rz", "grurb_forward_n",
             "grurb_backward_n", "grurb_backward_r", "gru_persist_forward",
             "gru_persist_backward"),
@@ -84,6 +103,50 @@ def kernel_source(name: str) -> str:
     return expand(folder.joinpath(f"{name}.cu").read_text())
 
 
+def module_spec(source: str, ctype: str) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
+    """(code, options, name_expressions) of the ``cupy.RawModule`` that holds every kernel of
+    ``kernels/<source>.cu`` for the C++ storage type ``ctype`` (a value of STORAGE_CTYPES)."""
+    if ctype not in STORAGE_CTYPES.values():
+        raise ValueError(f"ctype: expected one of {', '.join(STORAGE_CTYPES.values())}, "
+                         f"got {ctype!r}")
+    names = tuple(f"{k}<{ctype}>" for k in KERNELS.get(source, ()))
+    return kernel_source(source), NVRTC_OPTIONS, names
+
+
+def compiler_options() -> tuple[str, ...]:
+    """The options CuPy assembles around ``NVRTC_OPTIONS`` before every compile (its CCCL and
+    header folders, the CUDA headers' folder). Raises (RuntimeError) where CuPy cannot find
+    the CUDA headers, as the first compile would; needs no GPU."""
+    from cupy._core import core  # noqa: PLC0415 - only with CuPy
+    return tuple(core.assemble_cupy_compiler_options(NVRTC_OPTIONS))
+
+
+def compile_problem() -> str | None:
+    """None if NVRTC loads, CuPy can assemble its compiler options, and a kernel of
+    ``kernels/util.cu`` compiles and loads on the current device; else why not, as a
+    sentence. What every first forward needs, checked once (the module is kept)."""
+    try:
+        from cupy.cuda import compiler  # noqa: PLC0415 - only with CuPy
+        compiler._get_nvrtc_version()
+    except Exception as exc:  # noqa: BLE001 - the NVRTC library is missing or broken
+        return (f"CuPy cannot load NVRTC, which compiles fastrnn's CUDA kernels "
+                f"({type(exc).__name__}: {exc}); install it with pip install "
+                f"nvidia-cuda-nvrtc (or the CUDA toolkit)")
+    try:
+        compiler_options()
+    except Exception as exc:  # noqa: BLE001 - RuntimeError: no CUDA headers; old CuPy
+        return (f"CuPy cannot assemble its NVRTC compiler options, so no kernel could "
+                f"compile ({type(exc).__name__}: {exc}); it needs the CUDA headers: "
+                f"install the CUDA toolkit or pip install \"cupy-cuda13x[ctk]\", or set "
+                f"CUDA_PATH")
+    try:
+        function("util", "gather_steps", np.dtype(np.float32))
+    except Exception as exc:  # noqa: BLE001 - CompileException, driver errors
+        return (f"CuPy cannot compile and load fastrnn's CUDA kernels here "
+                f"({type(exc).__name__}: {str(exc).strip()[:400]})")
+    return None
+
+
 # (device, source, dtype) -> cupy.RawModule; (device, source, kernel, dtype) -> function
 _modules: dict[tuple, Any] = {}
 _functions: dict[tuple, Any] = {}
@@ -99,8 +162,8 @@ def function(source: str, kernel: str, dtype):
         mkey = (device, source, dtype.name)
         module = _modules.get(mkey)
         if module is None:
-            module = cupy.RawModule(code=kernel_source(source), options=NVRTC_OPTIONS,
-                                    name_expressions=[f"{k}<{ctype}>" for k in KERNELS[source]])
+            code, options, names = module_spec(source, ctype)
+            module = cupy.RawModule(code=code, options=options, name_expressions=names)
             _modules[mkey] = module
         fn = _functions[key] = module.get_function(f"{kernel}<{ctype}>")
     return fn

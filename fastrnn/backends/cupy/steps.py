@@ -10,6 +10,11 @@ the gate gradients ``dG[s]`` and cuBLAS computes ``dG[s] @ U^T``; after the loop
 ``dU`` and ``dx`` are one GEMM each over all T*B rows and the bias gradients one sum.
 Nothing uses atomics for results, so two runs on the same inputs agree bit for bit.
 
+Intermediates (``xw``, ``hu``, the carried gradients ``direct``, ``rec`` and ``dc``) are in
+the arithmetic dtype :func:`acc_dtype`: float32 for 16-bit storage, whose GEMMs write a
+float32 C from 16-bit A and B (``cublasGemmEx``), so nothing is rounded to 16 bits on its
+way from one step to the next except the state and the tape themselves.
+
 Tape (step-indexed: slot s belongs to step s, whatever time index it worked on):
 ``hs`` (T+1, B, H) the state before every step and after the last; lstm ``cs`` likewise
 and ``gates`` (T, B, 4H) = i, f, g, o; gru ``gates`` (T, B, 4H) = r, z, n, h@U_n + bn;
@@ -54,6 +59,25 @@ def mm(a, b, out=None):
     return cupy.matmul(a, b, out=out)
 
 
+def acc_dtype(dtype) -> np.dtype:
+    """The dtype of the intermediates for storage ``dtype``: float32 for float16 and
+    bfloat16 (the kernels' arithmetic type, ACC(T) of kernels/common.cuh), else itself."""
+    dtype = np.dtype(dtype)
+    return np.dtype(np.float32) if dtype.itemsize < 4 else dtype
+
+
+def project(a, b):
+    """a (M, K) @ b (K, N), both C-contiguous, as an array of dtype ``acc_dtype(a.dtype)``:
+    ``cupy.matmul`` where that is a's dtype, else one ``cublasGemmEx`` with a float32 C."""
+    acc = acc_dtype(a.dtype)
+    if acc == a.dtype:
+        return mm(a, b)
+    (M, K), N = a.shape, b.shape[1]
+    out = cupy.empty((M, N), dtype=acc)
+    StepGemm(a.dtype, acc)(addr(a), addr(b), addr(out), M, N, K)
+    return out
+
+
 def cublas_bindings():
     """CuPy's cuBLAS bindings (``cupy_backends.cuda.libs.cublas``)."""
     try:
@@ -70,7 +94,8 @@ CUDA_DATA_TYPE = {"float32": 0, "float64": 1, "float16": 2, "bfloat16": 14}
 class StepGemm:
     """Row-major ``C (M, N) = A (M, K) @ B (K, N)`` of C-contiguous device blocks given by
     address, through one ``cublasGemmEx`` call: the per-step products, without the cost
-    of building array views and of ``cupy.matmul``'s dispatch at every step.
+    of building array views and of ``cupy.matmul``'s dispatch at every step. A and B are
+    of ``dtype``, C of ``out_dtype`` (default ``dtype``; float32 for 16-bit A and B).
 
     cuBLAS is column-major: the row-major C is the column-major C^T = B^T A^T, so the call
     passes B first with ldb = N, then A with lda = K, and ldc = N. Compute type: float64
@@ -79,12 +104,14 @@ class StepGemm:
     stream.
     """
 
-    def __init__(self, dtype):
+    def __init__(self, dtype, out_dtype=None):
+        dtype = np.dtype(dtype)
         cublas = cublas_bindings()
         self._gemm = cublas.gemmEx
         self._handle = cupy.cuda.device.get_cublas_handle()
         cublas.setPointerMode(self._handle, cublas.CUBLAS_POINTER_MODE_HOST)
         self._type = CUDA_DATA_TYPE[dtype.name]
+        self._ctype = CUDA_DATA_TYPE[np.dtype(out_dtype or dtype).name]
         if dtype.name == "float64":
             self._compute = getattr(cublas, "CUBLAS_COMPUTE_64F", 70)
             scalar = np.float64
@@ -100,7 +127,7 @@ class StepGemm:
     def __call__(self, a: int, b: int, c: int, M: int, N: int, K: int) -> None:
         t = self._type
         self._gemm(self._handle, 0, 0, N, M, K, self._one, b, t, N, a, t, K, self._zero,
-                   c, t, N, self._compute, -1)
+                   c, self._ctype, N, self._compute, -1)
 
 
 def _tf32_requested() -> bool:
@@ -120,21 +147,23 @@ def sum_rows(a):
 
 
 def grad_init(a, shape, dtype):
-    """A private, writable copy of an upstream gradient, or zeros when it is None."""
-    return cupy.zeros(shape, dtype=dtype) if a is None else a.copy()
+    """A private, writable copy of an upstream gradient in ``dtype``, or zeros when it is
+    None."""
+    return cupy.zeros(shape, dtype=dtype) if a is None else a.astype(dtype, copy=True)
 
 
 class Steps:
     """One call's geometry: sizes, lengths on the device, reverse, launch configuration,
-    and the per-step GEMM."""
+    the dtype of the intermediates (``acc``) and the per-step GEMM (storage in, acc out)."""
 
     def __init__(self, T, B, H, lengths, reverse, dtype):
         self.T, self.B, self.H, self.dtype = T, B, H, dtype
+        self.acc = acc_dtype(dtype)
         self.lengths = lengths                     # device int64 (B,) or None
         self.reverse = bool(reverse)
         self.grid = grid(B * H)
         self.block = (THREADS,)
-        self.gemm = StepGemm(dtype)
+        self.gemm = StepGemm(dtype, self.acc)
         self.lens_arg = NULL if lengths is None else lengths
         self._sizes = (np.int32(T), np.int32(B), np.int32(H), np.int32(self.reverse))
 
@@ -220,9 +249,14 @@ def finish_backward(st, cell, saved, x, params, dgx, dgr, dh0, dc0) -> BackwardO
     product (h_prev @ U, + bn for gru), (T, B, G*H), or for gru_reset_before the pair
     (dg_rz (T, B, 2H), da_n (T, B, H)) of h_prev @ U[:, :2H] and (r * h_prev) @ U[:, 2H:].
     """
-    T, B, H = st.T, st.B, st.H
+    T, B, H = st.T, st.B, st.H                  # H: the width of h (P for lstmp)
     grads = input_grads(st, x, params["W"], dgx)
     h_prev = saved.hs[:T].reshape(T * B, H)
+    if cell.has_projection:                     # dgr = (gate gradients, dL/dh' of each step)
+        dgr, dH = dgr
+        C = saved.cs.shape[2]
+        m = saved.gates[:, :, 3 * C:] * cupy.tanh(saved.cs[1:])   # o * tanh(c'), 0 if padded
+        grads["Wr"] = mm(m.reshape(T * B, C).T, dH.reshape(T * B, H))
     if cell.name == "gru_reset_before":
         dg_rz, da_n = dgr
         grads["U"] = cupy.concatenate(
@@ -263,7 +297,7 @@ def rnn_forward(st, xw, p, hs, out, relu):
     fn = function("rnn", "rnn_forward", st.dtype)
     B, H = st.B, st.H
     U = addr(p["U"])
-    hu = cupy.empty((B, H), dtype=st.dtype)
+    hu = cupy.empty((B, H), dtype=st.acc)
     hu_p, flag = addr(hu), np.int32(relu)
     for s in range(st.T):
         hp, hn = hs.prev(s), hs.next(s)
@@ -290,7 +324,7 @@ def lstm_forward(st, xw, p, hs, cs, out, training):
     fn = function("lstm", "lstm_forward", st.dtype)
     B, H = st.B, st.H
     U = addr(p["U"])
-    hu = cupy.empty((B, 4 * H), dtype=st.dtype)
+    hu = cupy.empty((B, 4 * H), dtype=st.acc)
     hu_p = addr(hu)
     gates = cupy.empty((st.T, B, 4 * H), dtype=st.dtype) if training else None
     gs = Seq(gates) if training else (lambda s: NULL)
@@ -316,11 +350,64 @@ def lstm_backward(st, saved, p, dh_arg, direct, rec, dc):
     return dg
 
 
+def _cell_tail(st, s: int, C: int) -> tuple:
+    """The trailing kernel arguments of step s for kernels over (B, C) units (st.tail is
+    over the B x H units of h)."""
+    return (st.lens_arg, np.int32(s), np.int32(st.T), np.int32(st.B), np.int32(C),
+            np.int32(st.reverse))
+
+
+def lstmp_forward(st, xw, p, hs, cs, out, training):
+    """lstmp: st.H is P (the width of h); C, the width of c, is read off U (P, 4C)."""
+    fn_cell = function("lstmp", "lstmp_forward_cell", st.dtype)
+    fn_proj = function("lstmp", "lstmp_forward_proj", st.dtype)
+    B, P = st.B, st.H
+    C = p["U"].shape[1] // 4
+    U, Wr = addr(p["U"]), addr(p["Wr"])
+    hu = cupy.empty((B, 4 * C), dtype=st.acc)
+    m = cupy.empty((B, C), dtype=st.dtype)
+    hr = cupy.empty((B, P), dtype=st.acc)
+    hu_p, m_p, hr_p = addr(hu), addr(m), addr(hr)
+    gates = cupy.zeros((st.T, B, 4 * C), dtype=st.dtype) if training else None
+    gs = Seq(gates) if training else (lambda s: NULL)
+    cell_grid = grid(B * C)
+    for s in range(st.T):
+        hp = hs.prev(s)
+        st.gemm(int(hp), U, hu_p, B, 4 * C, P)
+        fn_cell(cell_grid, st.block, (xw, p["b"], hu, cs.prev(s), cs.next(s), m, gs(s))
+                + _cell_tail(st, s, C))
+        st.gemm(m_p, Wr, hr_p, B, P, C)
+        fn_proj(st.grid, st.block, (hr, hp, hs.next(s), out) + st.tail(s))
+    return gates
+
+
+def lstmp_backward(st, saved, p, dh_arg, direct, rec, dc):
+    """(dgates (T, B, 4C), dH (T, B, P)): the gate gradients and dL/dh' of every step."""
+    fn_in = function("lstmp", "lstmp_backward_in", st.dtype)
+    fn_cell = function("lstmp", "lstmp_backward_cell", st.dtype)
+    B, P = st.B, st.H
+    C = p["U"].shape[1] // 4
+    UT, WrT = transposed(p["U"]), transposed(p["Wr"])       # (4C, P), (P, C)
+    dg = cupy.empty((st.T, B, 4 * C), dtype=st.dtype)
+    dH = cupy.empty((st.T, B, P), dtype=st.dtype)
+    dm = cupy.empty((B, C), dtype=st.acc)
+    gs, cs, dgs, dHs = Seq(saved.gates), Seq(saved.cs), Seq(dg), Seq(dH)
+    UT_p, WrT_p, dm_p, rec_p = addr(UT), addr(WrT), addr(dm), addr(rec)
+    cell_grid = grid(B * C)
+    for s in reversed(range(st.T)):
+        fn_in(st.grid, st.block, (dh_arg, direct, direct, rec, dHs(s)) + st.tail(s))
+        st.gemm(int(dHs(s)), WrT_p, dm_p, B, C, P)
+        fn_cell(cell_grid, st.block, (dm, dc, gs(s), cs(s), cs(s + 1), dgs(s))
+                + _cell_tail(st, s, C))
+        st.gemm(int(dgs(s)), UT_p, rec_p, B, P, 4 * C)
+    return dg, dH
+
+
 def gru_forward(st, xw, p, hs, out, training):
     fn = function("gru", "gru_forward", st.dtype)
     B, H = st.B, st.H
     U = addr(p["U"])
-    hu = cupy.empty((B, 3 * H), dtype=st.dtype)
+    hu = cupy.empty((B, 3 * H), dtype=st.acc)
     hu_p = addr(hu)
     gates = cupy.empty((st.T, B, 4 * H), dtype=st.dtype) if training else None
     gs = Seq(gates) if training else (lambda s: NULL)
@@ -353,8 +440,8 @@ def grurb_forward(st, xw, p, hs, out, training):
     B, H = st.B, st.H
     U_rz = cupy.ascontiguousarray(p["U"][:, :2 * H])          # (H, 2H)
     U_n = cupy.ascontiguousarray(p["U"][:, 2 * H:])           # (H, H)
-    hu = cupy.empty((B, 2 * H), dtype=st.dtype)
-    hn = cupy.empty((B, H), dtype=st.dtype)
+    hu = cupy.empty((B, 2 * H), dtype=st.acc)
+    hn = cupy.empty((B, H), dtype=st.acc)
     lead = (st.T,) if training else (1,)
     gates = cupy.empty(lead + (B, 3 * H), dtype=st.dtype)     # r, z, n
     rh = cupy.empty(lead + (B, H), dtype=st.dtype)            # r * h_prev
@@ -379,7 +466,7 @@ def grurb_backward(st, saved, p, dh_arg, direct, rec):
     dg_x = cupy.empty((st.T, B, 3 * H), dtype=st.dtype)
     dg_rz = cupy.empty((st.T, B, 2 * H), dtype=st.dtype)
     da_n = cupy.empty((st.T, B, H), dtype=st.dtype)
-    drh = cupy.empty((B, H), dtype=st.dtype)
+    drh = cupy.empty((B, H), dtype=st.acc)
     gs, hs = Seq(saved.gates), Seq(saved.hs)
     dxs, drzs, dans = Seq(dg_x), Seq(dg_rz), Seq(da_n)
     U_rzT_p, U_nT_p, drh_p, rec_p = addr(U_rzT), addr(U_nT), addr(drh), addr(rec)

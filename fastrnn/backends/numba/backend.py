@@ -85,12 +85,12 @@ class NumbaBackend(Backend):
     # ------------------------------------------------------------------------- forward
     def forward(self, cell, x, weights, h0, c0, lengths, reverse, training):
         T, B, I = x.shape
-        H = h0.shape[1]
+        G = cell.num_gates
+        H, P = weights.params["U"].shape[1] // G, h0.shape[1]   # gate width, h width
         dt = x.dtype
         Bp, chunk = padded(B, MR), chunk_size(B)
         masked = lengths is not None
         lens = lengths if masked else full_lengths(B, T)
-        G = cell.num_gates
         Wp, Up, b, bn = weights.Wp, weights.Up, weights.b, weights.bn
         xs = np.zeros((Bp, I), dtype=dt)                 # the step's input rows, padded
         ax = gemm_out(Bp, G * H, dt)                      # their projection x_t @ W
@@ -100,11 +100,11 @@ class NumbaBackend(Backend):
         hs = None
         if training and not masked:
             # outputs and h_prev share one buffer of the T+1 states
-            hs = np.empty((T + 1, B, H), dtype=dt)
+            hs = np.empty((T + 1, B, P), dtype=dt)
             out, hprev = (hs[:-1], hs[1:]) if reverse else (hs[1:], hs[:-1])
         else:
-            out = np.zeros((T, B, H), dtype=dt) if masked else np.empty((T, B, H), dtype=dt)
-            hprev = np.zeros((T, B, H), dtype=dt) if training else dummy(dt)
+            out = np.zeros((T, B, P), dtype=dt) if masked else np.empty((T, B, P), dtype=dt)
+            hprev = np.zeros((T, B, P), dtype=dt) if training else dummy(dt)
         lease = workspace.Lease()            # tape buffers no caller sees: back to the pool
 
         def tape(*shape):
@@ -115,6 +115,13 @@ class NumbaBackend(Backend):
             gates, cprev, tanhc = tape(T, B, 4 * H), tape(T, B, H), tape(T, B, H)
             launch(kernels.lstm_forward, Bp, chunk, x, Wp, Up, b, h, c, lens, reverse, out, hprev,
                    gates, cprev, tanhc, training, xs, ax, gemm_out(Bp, 4 * H, dt),
+                   np.empty((Bp, 4 * H), dt), np.empty((Bp, H), dt))
+            saved.update(gates=gates, cprev=cprev, tanhc=tanhc)
+        elif cell.name == "lstmp":
+            gates, cprev, tanhc = tape(T, B, 4 * H), tape(T, B, H), tape(T, B, H)
+            launch(kernels.lstmp_forward, Bp, chunk, x, Wp, Up, weights.Rp, b, h, c,
+                   np.zeros((Bp, H), dt), lens, reverse, out, hprev, gates, cprev, tanhc,
+                   training, xs, ax, gemm_out(Bp, 4 * H, dt), gemm_out(Bp, P, dt),
                    np.empty((Bp, 4 * H), dt), np.empty((Bp, H), dt))
             saved.update(gates=gates, cprev=cprev, tanhc=tanhc)
         elif cell.name == "gru":
@@ -139,8 +146,8 @@ class NumbaBackend(Backend):
     # ------------------------------------------------------------------------ backward
     def backward(self, cell, saved, x, weights, h0, c0, lengths, reverse, dh, dh_n, dc_n):
         T, B, I = x.shape
-        H = h0.shape[1]
         G = cell.num_gates
+        H, P = weights.params["U"].shape[1] // G, h0.shape[1]   # gate width, h width
         dt = x.dtype
         Bp, chunk = padded(B, MR), chunk_size(B)
         masked, lens = saved["masked"], saved["lens"]
@@ -148,9 +155,9 @@ class NumbaBackend(Backend):
 
         has_dh = dh is not None
         dh_arr = dh if has_dh else dummy(dt)
-        dh_carry = gemm_out(Bp, H, dt)
+        dh_carry = gemm_out(Bp, P, dt)
         if dh_n is not None:
-            dh_carry[:B, :H] = dh_n
+            dh_carry[:B, :P] = dh_n
         dc_carry = None
         UTp, UTp_n = weights.ut_panels()
         hprev = saved["hprev"]
@@ -158,10 +165,20 @@ class NumbaBackend(Backend):
         dGp = dGx = None                        # dL/da over all T*B rows: panels or rows
         u_panels = None                         # what meets h_prev in dU, if not dGp
 
-        if cell.name == "lstm":
+        if cell.has_cell_state:
             dc_carry = np.zeros((Bp, H), dtype=dt)
             if dc_n is not None:
                 dc_carry[:B] = dc_n
+        if cell.name == "lstmp":
+            dGp = _panels(lease, T * B, 4 * H, dt, masked)
+            dH = lease.take((T, B, P), dt, zero=masked)
+            launch(kernels.lstmp_backward, Bp, chunk, saved["gates"], saved["cprev"],
+                   saved["tanhc"], UTp, weights.rt_panels(), lens, reverse, dh_arr, has_dh,
+                   dh_carry, dc_carry, dGp, dH, np.zeros((Bp, 4 * H), dt),
+                   gemm_out(Bp, H, dt))
+            m = saved["gates"][:, :, 3 * H:] * saved["tanhc"]       # o * tanh(c'), (T, B, H)
+            grads["Wr"] = _t_matmul(dH.reshape(T * B, P), m.reshape(T * B, H))
+        elif cell.name == "lstm":
             dGp = _panels(lease, T * B, 4 * H, dt, masked)
             launch(kernels.lstm_backward, Bp, chunk, saved["gates"], saved["cprev"],
                    saved["tanhc"], UTp, lens, reverse, dh_arr, has_dh, dh_carry, dc_carry, dGp,
@@ -193,7 +210,7 @@ class NumbaBackend(Backend):
         if dGp is None:
             dGx2 = dGx.reshape(rows, G * H)
             dGp = pack_panels(dGx2)
-        hprev2 = hprev.reshape(rows, H)
+        hprev2 = hprev.reshape(rows, P)
         x2 = x.reshape(rows, I)
         if masked:
             # Padded rows of x are never read by the forward: keep a NaN there out of dW.
@@ -209,7 +226,7 @@ class NumbaBackend(Backend):
         dx = np.ascontiguousarray(panel_matmul(dGp, G * H, weights.params["W"].T,
                                                weights.wt_panels())).reshape(T, B, I)
         ordered = {k: grads[k] for k in cell.param_names}
-        dh0 = np.ascontiguousarray(dh_carry[:B, :H])
+        dh0 = np.ascontiguousarray(dh_carry[:B, :P])
         dc0 = None if dc_carry is None else dc_carry[:B]
         lease.give()
         return BackwardOut(dx, dh0, dc0, ordered)

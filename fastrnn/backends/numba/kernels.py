@@ -324,6 +324,100 @@ def lstm_backward(gates, cprev, tanhc, UTp, lengths, reverse, dh, has_dh, dh_car
                            dc_carry, dGp, ws, b0, b1)
 
 
+# --------------------------------------------------------------------- LSTM, projected
+
+@njit(**JIT)
+def lstmp_forward_rows(x, Wp, Up, Rp, bias, h, c, m, lengths, reverse, out, hprev, gates, cprev,
+                       tanhc, training, xs, ax, acc, hr, scratch_g, scratch_tc, b0, b1):
+    """The loop of :func:`lstmp_forward` for the batch rows b0..b1 (whole MR-row tiles),
+    on the calling thread."""
+    T, B, P = out.shape
+    H = c.shape[1]
+    for s in range(T):
+        gather_rows(x, s, lengths, reverse, xs, b0, b1)
+        packed_gemm(xs, b0, min(b1, B), Wp, ax, 0)
+        packed_gemm(h, b0, min(b1, B), Up, acc, 0)
+        for b in range(b0, min(b1, B)):
+            if s >= lengths[b]:
+                continue
+            t = time_of(s, b, lengths, reverse)
+            if training:
+                g, tc = gates[t, b], tanhc[t, b]
+                copy_row(cprev[t, b], c[b], H)
+                copy_row(hprev[t, b], h[b], P)
+            else:
+                g, tc = scratch_g[b], scratch_tc[b]
+            xb, a = ax[b], acc[b]
+            gates_sigm(g, xb, a, bias, 0, 2 * H)
+            gates_tanh(g, xb, a, bias, 2 * H, 3 * H)
+            gates_sigm(g, xb, a, bias, 3 * H, 4 * H)
+            lstm_state_row(g, c[b], m[b], m[b], tc, H)
+        packed_gemm(m, b0, min(b1, B), Rp, hr, 0)       # h' = m @ Wr
+        for b in range(b0, min(b1, B)):
+            if s < lengths[b]:
+                t = time_of(s, b, lengths, reverse)
+                copy_row(h[b], hr[b], P)
+                copy_row(out[t, b], hr[b], P)
+
+
+@njit(**PARALLEL)
+def lstmp_forward(x, Wp, Up, Rp, bias, h, c, m, lengths, reverse, out, hprev, gates, cprev, tanhc,
+                  training, xs, ax, acc, hr, scratch_g, scratch_tc, chunk):
+    """Matches reference.lstmp_step over all steps. h (Bp, P), c (Bp, H) hold h0, c0 and
+    end as h_n, c_n; m (Bp, H) and hr (Bp, P) are workspace.
+
+    Tape per (t, b): gates i, f, g, o (4H), c_prev, tanh(c_new) (H each) and h_prev (P);
+    m = o * tanh(c_new) is recomputed from them by the backward.
+    """
+    Bp = h.shape[0]
+    for ci in prange(-(-Bp // chunk)):
+        b0, b1 = chunk_rows(ci, chunk, Bp)
+        lstmp_forward_rows(x, Wp, Up, Rp, bias, h, c, m, lengths, reverse, out, hprev, gates,
+                           cprev, tanhc, training, xs, ax, acc, hr, scratch_g, scratch_tc, b0, b1)
+
+
+@njit(**JIT)
+def lstmp_backward_rows(gates, cprev, tanhc, UTp, RTp, lengths, reverse, dh, has_dh, dh_carry,
+                        dc_carry, dGp, dH, ws, dm, b0, b1):
+    """The loop of :func:`lstmp_backward` for the batch rows b0..b1 (whole MR-row tiles),
+    on the calling thread."""
+    T, B, H = cprev.shape
+    P = dH.shape[2]
+    zero = ws.dtype.type(0)
+    for s in range(T - 1, -1, -1):
+        for b in range(b0, min(b1, B)):
+            if s < lengths[b] and has_dh:
+                add_row(dh_carry[b], dh[time_of(s, b, lengths, reverse), b], P)
+        packed_gemm(dh_carry, b0, min(b1, B), RTp, dm, 0)  # dL/dm = dL/dh' @ Wr^T
+        for b in range(b0, min(b1, B)):
+            if s >= lengths[b]:
+                fill_row(ws[b], zero, 4 * H)
+                continue
+            t = time_of(s, b, lengths, reverse)
+            copy_row(dH[t, b], dh_carry[b], P)
+            fill_row(dh_carry[b], zero, P)
+            lstm_bwd_row(gates[t, b], cprev[t, b], tanhc[t, b], dm[b], dc_carry[b], ws[b], H)
+            store_panels(dGp, t * B + b, ws[b], 4 * H)
+        packed_gemm(ws, b0, min(b1, B), UTp, dh_carry, 1)
+
+
+@njit(**PARALLEL)
+def lstmp_backward(gates, cprev, tanhc, UTp, RTp, lengths, reverse, dh, has_dh, dh_carry,
+                   dc_carry, dGp, dH, ws, dm, chunk):
+    """Matches reference.lstmp_step_backward over all steps.
+
+    Fills dGp (P4, T*B, NR), the gate gradients dL/da (T*B, 4H) in panels (row t*B + b),
+    and dH (T, B, P), the gradient of every step's output h' (for dWr). dh_carry (Bp, P),
+    dc_carry (Bp, H) hold dh_n, dc_n and end as dh0, dc0; ws (Bp, 4H) must start zero;
+    dm (Bp, H) is workspace.
+    """
+    Bp = dh_carry.shape[0]
+    for ci in prange(-(-Bp // chunk)):
+        b0, b1 = chunk_rows(ci, chunk, Bp)
+        lstmp_backward_rows(gates, cprev, tanhc, UTp, RTp, lengths, reverse, dh, has_dh,
+                            dh_carry, dc_carry, dGp, dH, ws, dm, b0, b1)
+
+
 # ------------------------------------------------------------------------------------ GRU
 
 @njit(**JIT)

@@ -15,8 +15,9 @@ __all__ = ["launch"]
 
 _ROWS = {kernel: getattr(kernels, kernel.py_func.__name__ + "_rows")
          for kernel in (kernels.rnn_forward, kernels.rnn_backward, kernels.lstm_forward,
-                        kernels.lstm_backward, kernels.gru_forward, kernels.gru_backward,
-                        kernels.grurb_forward, kernels.grurb_backward)}
+                        kernels.lstm_backward, kernels.lstmp_forward, kernels.lstmp_backward,
+                        kernels.gru_forward, kernels.gru_backward, kernels.grurb_forward,
+                        kernels.grurb_backward)}
 
 
 def launch(kernel, batch_rows: int, chunk: int, *args) -> None:

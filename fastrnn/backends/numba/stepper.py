@@ -30,10 +30,11 @@ class NumbaStepRunner:
         self.cell, self.weights = cell, weights
         B = self.batch_size = batch_size
         I, GH = weights.params["W"].shape
-        H = self.hidden_size = weights.params["U"].shape[0]
+        H, P = cell.sizes_of(weights.params)
+        self.hidden_size = P                             # the width of h and of the outputs
         Bp = padded(B, MR)
         dt = self.dtype = np.dtype(dtype)
-        self._h = np.zeros((Bp, H), dtype=dt)
+        self._h = np.zeros((Bp, P), dtype=dt)
         self._c = np.zeros((Bp, H), dtype=dt) if cell.has_cell_state else None
         self.h = self._h[:B]
         self.c = None if self._c is None else self._c[:B]
@@ -43,6 +44,10 @@ class NumbaStepRunner:
         self._ax = gemm_out(Bp, GH, dt)
         if cell.name == "lstm":
             self._work = (gemm_out(Bp, GH, dt), np.empty((Bp, GH), dt), np.empty((Bp, H), dt))
+        elif cell.name == "lstmp":
+            self._m = np.zeros((Bp, H), dtype=dt)
+            self._work = (gemm_out(Bp, GH, dt), gemm_out(Bp, P, dt), np.empty((Bp, GH), dt),
+                          np.empty((Bp, H), dt))
         elif cell.name == "gru":
             self._work = (gemm_out(Bp, GH, dt), np.empty((Bp, 4 * H), dt))
         elif cell.name == "gru_reset_before":
@@ -62,6 +67,10 @@ class NumbaStepRunner:
             launch(kernels.lstm_forward, self._bp, self._chunk, x, w.Wp, w.Up, w.b, self._h,
                    self._c, lens, False, out, none, none, none, none, False, self._xs, self._ax,
                    *self._work)
+        elif name == "lstmp":
+            launch(kernels.lstmp_forward, self._bp, self._chunk, x, w.Wp, w.Up, w.Rp, w.b,
+                   self._h, self._c, self._m, lens, False, out, none, none, none, none, False,
+                   self._xs, self._ax, *self._work)
         elif name == "gru":
             launch(kernels.gru_forward, self._bp, self._chunk, x, w.Wp, w.Up, w.b, w.bn, self._h,
                    lens, False, out, none, none, False, self._xs, self._ax, *self._work)

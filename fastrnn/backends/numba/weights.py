@@ -25,10 +25,11 @@ class NumbaWeights:
 
     params: the checked arrays (W (I, G*H), U (H, G*H), b, bn). Wp, Up: panels of W and U
     (for gru_reset_before Up holds U's r, z columns and Up_n its n columns, since the n
-    product reads r * h). b, bn: writable biases (bn None unless gru).
+    product reads r * h). Rp: panels of the projection Wr (lstmp, else None). b, bn:
+    writable biases (bn None unless gru).
     """
 
-    __slots__ = ("cell", "params", "Wp", "Up", "Up_n", "b", "bn", "_ut", "_wt")
+    __slots__ = ("cell", "params", "Wp", "Up", "Up_n", "Rp", "b", "bn", "_ut", "_wt", "_rt")
 
     def __init__(self, cell: CellSpec, params):
         self.cell, self.params = cell, params
@@ -39,9 +40,10 @@ class NumbaWeights:
             self.Up, self.Up_n = pack_panels(U[:, :2 * H]), pack_panels(U[:, 2 * H:])
         else:
             self.Up, self.Up_n = pack_panels(U), None
+        self.Rp = pack_panels(params["Wr"]) if cell.has_projection else None
         self.b = _writable(params["b"])
         self.bn = _writable(params["bn"]) if cell.has_recurrent_bias else None
-        self._ut = self._wt = None
+        self._ut = self._wt = self._rt = None
 
     def ut_panels(self):
         """Panels of U^T (gru_reset_before: of its r, z rows and of its n rows, else None)."""
@@ -53,6 +55,12 @@ class NumbaWeights:
             else:
                 self._ut = (pack_panels(UT), None)
         return self._ut
+
+    def rt_panels(self) -> np.ndarray:
+        """Panels of Wr^T (P, H), the right operand of dL/dm = dL/dh' @ Wr^T (lstmp)."""
+        if self._rt is None:
+            self._rt = pack_panels(self.params["Wr"].T)
+        return self._rt
 
     def wt_panels(self) -> np.ndarray:
         """Panels of W^T (G*H, I), the right operand of dx = dG @ W^T."""

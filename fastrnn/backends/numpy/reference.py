@@ -64,6 +64,18 @@ def lstm_step_backward(cell, dh_new, dc_new, cache, p, grads):
     return da @ p["W"].T, da @ p["U"].T, dc * f
 
 
+def lstmp_step(cell, x_t, h, c, p):
+    """lstm's step on the P-wide h, then the projection h' = (o * tanh(c')) @ Wr."""
+    m, c_new, cache = lstm_step(cell, x_t, h, c, p)
+    return m @ p["Wr"], c_new, (cache, m)
+
+
+def lstmp_step_backward(cell, dh_new, dc_new, cache, p, grads):
+    lstm_cache, m = cache
+    grads["Wr"] += m.T @ dh_new
+    return lstm_step_backward(cell, dh_new @ p["Wr"].T, dc_new, lstm_cache, p, grads)
+
+
 def gru_step(cell, x_t, h, c, p):
     ax_r, ax_z, ax_n = _split(x_t @ p["W"] + p["b"], 3)
     U_r, U_z, U_n = _split(p["U"], 3)
@@ -112,6 +124,8 @@ def gru_step_backward(cell, dh_new, dc_new, cache, p, grads):
 def _step_functions(cell: CellSpec):
     if cell.name == "lstm":
         return lstm_step, lstm_step_backward
+    if cell.name == "lstmp":
+        return lstmp_step, lstmp_step_backward
     if cell.is_gru:
         return gru_step, gru_step_backward
     return rnn_step, rnn_step_backward
@@ -168,7 +182,7 @@ class NumpyBackend(Backend):
         dh_carry = np.zeros_like(h0) if dh_n is None else dh_n.copy()
         dc_carry = None
         if cell.has_cell_state:
-            dc_carry = np.zeros_like(h0) if dc_n is None else dc_n.copy()
+            dc_carry = np.zeros_like(c0) if dc_n is None else dc_n.copy()
         for s in reversed(range(T)):
             rows, times = step_positions(s, lengths, reverse)
             dh_new = dh_carry[rows]
