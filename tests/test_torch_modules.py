@@ -371,8 +371,10 @@ def test_bias_grads_do_not_alias(rng):
 # ------------------------------------------------------------------------------- errors
 
 def test_errors():
-    with pytest.raises(NotImplementedError, match="proj_size"):
-        frt.LSTM(3, 4, proj_size=2)
+    with pytest.raises(ValueError, match="proj_size: has to be smaller than hidden_size"):
+        frt.LSTM(3, 4, proj_size=4)
+    with pytest.raises(ValueError, match="proj_size: only LSTM has a projection"):
+        frt.GRU(3, 4, proj_size=2)
     with pytest.raises(ValueError, match="nonlinearity: expected 'tanh' or 'relu'"):
         frt.RNN(3, 4, nonlinearity="sigmoid")
     with pytest.raises(ValueError, match="hidden_size: expected a positive int"):

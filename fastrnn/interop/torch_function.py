@@ -32,27 +32,33 @@ class Run:
         self.lengths, self.reverse, self.grad_enabled = lengths, reverse, grad_enabled
 
 
-def fastrnn_params(spec, br, w_ih, w_hh, b_ih, b_hh) -> dict:
-    """torch weights -> fastrnn params: W and U as transposed views of the tensors' memory,
-    the folded biases as new arrays."""
+def fastrnn_params(spec, br, w_ih, w_hh, b_ih, b_hh, w_hr=None) -> dict:
+    """torch weights -> fastrnn params: W, U (and Wr of lstmp) as transposed views of the
+    tensors' memory, the folded biases as new arrays."""
     W, U = br.array(w_ih).T, br.array(w_hh).T
+    H = U.shape[1] // spec.num_gates
     biases = fold_biases(spec, None if b_ih is None else br.array(b_ih),
-                         None if b_hh is None else br.array(b_hh), U.shape[0], W.dtype, br.xp)
-    return {"W": W, "U": U, **biases}
+                         None if b_hh is None else br.array(b_hh), H, W.dtype, br.xp)
+    params = {"W": W, "U": U, **biases}
+    if w_hr is not None:
+        params["Wr"] = br.array(w_hr).T
+    return params
 
 
 class WeightCache:
     """The prepared weights of one layer-direction, kept while its parameters stay the same.
 
     torch bumps a tensor's version counter at every in-place change that autograd can see
-    (optimiser steps, ``load_state_dict``, ``copy_`` under ``no_grad``), and a parameter
-    replaced by another tensor no longer matches the weak reference kept here: either makes
-    the next call prepare again. A change made through ``.data`` bumps no counter
-    (``torch.autograd.gradcheck`` perturbs its inputs that way), so while gradients flow to
-    the weights the cache also compares their values with its snapshot, which costs a read
-    of the weights instead of a new packing. Without gradients (inference) it trusts the
-    counters; call the module's ``flatten_parameters()`` after changing weights through
-    ``.data`` there. Copies and pickles of a module start with an empty cache.
+    (optimiser steps, ``load_state_dict``, ``copy_`` under ``no_grad``); a parameter
+    replaced by another tensor no longer matches the weak reference kept here, and one whose
+    ``.data`` was swapped (``module.double()``, ``.to()``) has another storage or dtype: each
+    makes the next call prepare again. Inference tensors carry no version counter, so their
+    weights are prepared at every call. A change made in place through ``.data`` bumps no
+    counter (``torch.autograd.gradcheck`` perturbs its inputs that way), so while gradients
+    flow to the weights the cache also compares their values with its snapshot, which
+    costs a read of the weights instead of a new packing. Without gradients (inference) it
+    trusts the counters; call the module's ``flatten_parameters()`` after changing weights
+    in place through ``.data`` there. Copies and pickles of a module start with an empty cache.
     """
 
     __slots__ = ("_refs", "_versions", "_key", "weights")
@@ -64,10 +70,14 @@ class WeightCache:
         self._refs, self._versions, self._key, self.weights = (), (), None, None
 
     def get(self, spec, backend, bridge, tensors, verify_values: bool = False):
-        """Prepared weights for ``tensors`` (weight_ih, weight_hh, bias_ih, bias_hh; biases
-        may be None) on ``backend``; with ``verify_values`` also when their values changed
-        without a version bump."""
-        versions = tuple(None if t is None else t._version for t in tensors)
+        """Prepared weights for ``tensors`` (weight_ih, weight_hh, bias_ih, bias_hh,
+        weight_hr; biases and weight_hr may be None) on ``backend``; with ``verify_values``
+        also when their values changed without a version bump."""
+        if any(t is not None and t.is_inference() for t in tensors):
+            with bridge.scope(tensors[0]):
+                return prepare(spec, fastrnn_params(spec, bridge, *tensors), backend)
+        versions = tuple(None if t is None else (t._version, t.data_ptr(), t.dtype)
+                         for t in tensors)
         key = (backend.name, spec.name)
         same = (self.weights is not None and key == self._key and versions == self._versions
                 and all((r is None) == (t is None) and (r is None or r() is t)
@@ -86,14 +96,17 @@ class WeightCache:
         kept = self.weights.params
         return all(bool(xp.array_equal(kept[k], a)) for k, a in params.items())
 
-    def __getstate__(self):
-        return None
-
-    def __setstate__(self, state):
-        self.clear()
+    def __reduce__(self):
+        return WeightCache, ()                 # copies and pickles start empty
 
     def __deepcopy__(self, memo):
         return WeightCache()
+
+
+# torch.compile must not trace into the numba and NumPy work: it runs between graphs,
+# like any custom autograd Function (dynamo would otherwise follow numba's dispatcher).
+_forward = torch.compiler.disable(_api.forward)
+_backward = torch.compiler.disable(_api.backward)
 
 
 def _graph_kept() -> bool:
@@ -110,23 +123,24 @@ def _graph_kept() -> bool:
 class RecurrentFunction(torch.autograd.Function):
     """One layer, one direction: fastrnn.forward in forward, fastrnn.backward in backward.
 
-    Inputs: run (:class:`Run`), x (T, B, I), h0 (B, H) or None, c0 (B, H) or None (lstm),
-    weight_ih (G*H, I), weight_hh (G*H, H), bias_ih and bias_hh (G*H,) or None; the
-    weights are passed so that autograd computes their gradients and guards their versions,
-    while the computation reads ``run.weights``, prepared from them.
-    Outputs: h (T, B, H) and h_n (B, H), plus c_n (B, H) for lstm.
+    Inputs: run (:class:`Run`), x (T, B, I), h0 (B, P) or None, c0 (B, H) or None (lstm),
+    weight_ih (G*H, I), weight_hh (G*H, P), bias_ih and bias_hh (G*H,) or None, weight_hr
+    (P, H) or None (lstmp only); P = H without a projection. The weights are passed so that
+    autograd computes their gradients and guards their versions, while the computation
+    reads ``run.weights``, prepared from them.
+    Outputs: h (T, B, P) and h_n (B, P), plus c_n (B, H) for lstm and lstmp.
     """
 
     @staticmethod
-    def forward(ctx, run, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+    def forward(ctx, run, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr):
         spec, br = run.cell, run.bridge
         training = run.grad_enabled and any(ctx.needs_input_grad[1:])
         with br.scope(x):
-            res = _api.forward(spec, br.array(x), run.weights,
+            res = _forward(spec, br.array(x), run.weights,
                                None if h0 is None else br.array(h0),
                                None if c0 is None else br.array(c0),
-                               lengths=run.lengths, reverse=run.reverse, backend=run.backend,
-                               training=training, guard=False)
+                           lengths=run.lengths, reverse=run.reverse, backend=run.backend,
+                           training=training, guard=False)
             h = br.output_tensor(res.h) if training else br.tensor(res.h)
             outs = [h, br.tensor(res.h_n, avoid=res.h)]
             if spec.has_cell_state:
@@ -136,7 +150,7 @@ class RecurrentFunction(torch.autograd.Function):
             ctx.run, ctx.tape = run, res.tape
             # Saved only so torch's version counters refuse a backward after any of them
             # changed in place (the tape holds x and h themselves, and the weights' snapshot).
-            ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, h)
+            ctx.save_for_backward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, h)
         return tuple(outs)
 
     @staticmethod
@@ -150,8 +164,8 @@ class RecurrentFunction(torch.autograd.Function):
         spec, br = run.cell, run.bridge
         need = ctx.needs_input_grad
         with br.scope(x):
-            g = _api.backward(tape, *(None if t is None else br.array(t)
-                                      for t in (dh, dh_n, dc_n)))
+            g = _backward(tape, *(None if t is None else br.array(t)
+                                  for t in (dh, dh_n, dc_n)))
             if not _graph_kept():
                 ctx.tape = None                     # free the saved activations now, like torch
             xp = br.xp
@@ -163,4 +177,5 @@ class RecurrentFunction(torch.autograd.Function):
             db_ih, db_hh = fold_gradients(spec, g.params["b"], g.params.get("bn"), xp)
             db_ih = br.tensor(db_ih) if need[6] else None
             db_hh = br.tensor(db_hh) if need[7] else None
-        return None, dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh
+            dw_hr = br.tensor(xp.ascontiguousarray(g.params["Wr"].T)) if need[8] else None
+        return None, dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr

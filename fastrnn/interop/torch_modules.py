@@ -21,8 +21,9 @@ between layers is ``torch.nn.functional.dropout`` (torch's RNG, so ``torch.manua
 makes it reproducible), applied to the outputs of every layer but the last while the
 module is training.
 
-Not supported: ``proj_size > 0`` (LSTM projections), double backward, dtypes other than
-float32/float64 (and those a GPU backend adds).
+``LSTM(proj_size=P)`` runs fastrnn's ``lstmp`` cell (h = (o * tanh(c)) @ W_hr^T, P wide).
+Not supported: double backward, dtypes other than float32/float64 (and those a GPU backend
+adds).
 
 PyTorch is imported only here: ``import fastrnn`` never imports it.
 """
@@ -64,6 +65,21 @@ def _check_flags(**flags) -> None:
     for name, v in flags.items():
         if not isinstance(v, bool):
             raise TypeError(f"{name}: expected a bool, got {type(v).__name__}")
+
+
+def _check_proj_size(proj_size, hidden_size, mode) -> None:
+    """torch.nn's rules: an int, 0 or more, below hidden_size, only for LSTM."""
+    if isinstance(proj_size, bool) or not isinstance(proj_size, numbers.Integral):
+        raise TypeError(f"proj_size: expected an int, got {type(proj_size).__name__}")
+    if proj_size < 0:
+        raise ValueError(f"proj_size: expected 0 (no projection) or a positive int, got "
+                         f"{proj_size}")
+    if proj_size and mode != "LSTM":
+        raise ValueError(f"proj_size: only LSTM has a projection; got proj_size={proj_size} "
+                         f"for {mode}")
+    if proj_size >= hidden_size:
+        raise ValueError(f"proj_size: has to be smaller than hidden_size ({hidden_size}), got "
+                         f"{proj_size}")
 
 
 def _check_backend(backend) -> None:
@@ -128,11 +144,12 @@ class RNNBase(nn.Module):
 
     def __init__(self, mode, input_size, hidden_size, num_layers=1, bias=True,
                  batch_first=False, dropout=0.0, bidirectional=False, device=None, dtype=None,
-                 *, backend="auto"):
+                 *, backend="auto", proj_size=0):
         super().__init__()
         if mode not in TORCH_MODES:
             raise ValueError(f"mode: expected one of {', '.join(TORCH_MODES)}, got {mode!r}")
         _check_sizes(input_size=input_size, hidden_size=hidden_size, num_layers=num_layers)
+        _check_proj_size(proj_size, hidden_size, mode)
         _check_flags(bias=bias, batch_first=batch_first, bidirectional=bidirectional)
         if (isinstance(dropout, bool) or not isinstance(dropout, numbers.Real)
                 or not 0 <= dropout <= 1):
@@ -149,22 +166,25 @@ class RNNBase(nn.Module):
         self.bias, self.batch_first = bias, batch_first
         self.dropout = float(dropout)
         self.bidirectional = bidirectional
-        self.proj_size = 0
+        self.proj_size = int(proj_size)
         self.backend = backend
-        self._cell = get_cell(TORCH_MODES[mode])
+        self._cell = get_cell("lstmp" if proj_size else TORCH_MODES[mode])
         gh = self._cell.num_gates * hidden_size
+        out = self.proj_size or hidden_size                  # the width of h
         D = 2 if bidirectional else 1
         factory = {"device": device, "dtype": dtype}
         self._all_weights = []
         for layer in range(num_layers):
-            layer_in = input_size if layer == 0 else hidden_size * D
+            layer_in = input_size if layer == 0 else out * D
             for direction in range(D):
                 sfx = "_reverse" if direction else ""
                 shapes = {f"weight_ih_l{layer}{sfx}": (gh, layer_in),
-                          f"weight_hh_l{layer}{sfx}": (gh, hidden_size)}
+                          f"weight_hh_l{layer}{sfx}": (gh, out)}
                 if bias:
                     shapes[f"bias_ih_l{layer}{sfx}"] = (gh,)
                     shapes[f"bias_hh_l{layer}{sfx}"] = (gh,)
+                if self.proj_size:
+                    shapes[f"weight_hr_l{layer}{sfx}"] = (self.proj_size, hidden_size)
                 for name, shape in shapes.items():
                     self.register_parameter(name, nn.Parameter(torch.empty(shape, **factory)))
                 self._all_weights.append(list(shapes))
@@ -192,6 +212,8 @@ class RNNBase(nn.Module):
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
+        if self.proj_size != 0:
+            s += f", proj_size={self.proj_size}"
         if self.num_layers != 1:
             s += f", num_layers={self.num_layers}"
         if self.bias is not True:
@@ -228,9 +250,10 @@ class RNNBase(nn.Module):
         else:
             states, names = [hx], ["hx"]
         LD = self.num_layers * (2 if self.bidirectional else 1)
-        shape = (LD, self.hidden_size) if unbatched else (LD, batch, self.hidden_size)
+        widths = (self.proj_size or self.hidden_size, self.hidden_size)      # h, c
         out = []
-        for name, s in zip(names, states):
+        for name, s, width in zip(names, states, widths):
+            shape = (LD, width) if unbatched else (LD, batch, width)
             self._check_state(name, s, shape, x)
             if unbatched:
                 s = s.unsqueeze(1)
@@ -320,9 +343,11 @@ class RNNBase(nn.Module):
         return output, ((h_n, c_n) if self._cell.has_cell_state else h_n)
 
     def _layer_weights(self, k):
-        names = self._all_weights[k]
-        w = [getattr(self, n) for n in names]
-        return (w[0], w[1], w[2], w[3]) if self.bias else (w[0], w[1], None, None)
+        """(weight_ih, weight_hh, bias_ih, bias_hh, weight_hr) of layer-direction k, None
+        for those the module does not have."""
+        w = {n.rsplit("_l", 1)[0]: getattr(self, n) for n in self._all_weights[k]}
+        return tuple(w.get(n) for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh",
+                                        "weight_hr"))
 
 
 class LSTM(RNNBase):
@@ -330,18 +355,16 @@ class LSTM(RNNBase):
 
     ``LSTM(input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
     bidirectional=False, proj_size=0, device=None, dtype=None, *, backend="auto")``;
-    ``forward(input, (h_0, c_0)=None) -> output, (h_n, c_n)``. ``proj_size`` must be 0.
+    ``forward(input, (h_0, c_0)=None) -> output, (h_n, c_n)``. With ``proj_size=P`` > 0,
+    output and h_n are P wide and c_n stays ``hidden_size`` wide, as in ``torch.nn.LSTM``.
     """
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None, *,
                  backend="auto"):
-        if proj_size != 0:
-            raise NotImplementedError(f"proj_size: LSTM with projections (proj_size="
-                                      f"{proj_size}) is not supported by fastrnn.torch.LSTM; "
-                                      f"use torch.nn.LSTM, or proj_size=0")
         super().__init__("LSTM", input_size, hidden_size, num_layers, bias, batch_first,
-                         dropout, bidirectional, device, dtype, backend=backend)
+                         dropout, bidirectional, device, dtype, backend=backend,
+                         proj_size=proj_size)
 
 
 class GRU(RNNBase):
@@ -355,9 +378,10 @@ class GRU(RNNBase):
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, device=None, dtype=None, *,
-                 backend="auto"):
+                 backend="auto", proj_size=0):
         super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first,
-                         dropout, bidirectional, device, dtype, backend=backend)
+                         dropout, bidirectional, device, dtype, backend=backend,
+                         proj_size=proj_size)
 
 
 class RNN(RNNBase):
@@ -370,13 +394,13 @@ class RNN(RNNBase):
 
     def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
                  batch_first=False, dropout=0.0, bidirectional=False, device=None, dtype=None,
-                 *, backend="auto"):
+                 *, backend="auto", proj_size=0):
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r}")
         self.nonlinearity = nonlinearity
         super().__init__("RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU", input_size,
                          hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-                         device, dtype, backend=backend)
+                         device, dtype, backend=backend, proj_size=proj_size)
 
 
 # ------------------------------------------------------------------------ one-step cells
@@ -394,9 +418,9 @@ class RNNCellBase(nn.Module):
                  backend="auto"):
         super().__init__()
         _check_sizes(input_size=input_size, hidden_size=hidden_size)
-        _check_flags(bias=bias)
         _check_backend(backend)
         self._cell = get_cell(cell)
+        bias = bool(bias)                      # torch.nn's cells take any truthy value
         self.input_size, self.hidden_size, self.bias = int(input_size), int(hidden_size), bias
         self.backend = backend
         gh = self._cell.num_gates * self.hidden_size
@@ -460,7 +484,7 @@ class RNNCellBase(nn.Module):
         if len(h0c0) == 1:
             h0c0.append(None)
         be, bridge = resolve(self.backend, x.device)
-        tensors = (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh)
+        tensors = (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, None)
         weights = self._weight_cache.get(self._cell, be, bridge, tensors, _grads_flow(tensors))
         run = Run(self._cell, be, bridge, weights, None, False, torch.is_grad_enabled())
         res = RecurrentFunction.apply(run, x, *h0c0, *tensors)
@@ -518,8 +542,10 @@ class LSTMCell(RNNCellBase):
             states = [None, None]
         elif isinstance(hx, (tuple, list)) and len(hx) == 2:
             states = list(hx)
+        elif isinstance(hx, (tuple, list)):
+            raise RuntimeError(f"hx: expected two states (h, c) for LSTMCell, got {len(hx)}")
         else:
-            raise RuntimeError(f"hx: expected a tuple (h, c) for LSTMCell, got "
-                               f"{type(hx).__name__}")
+            raise TypeError(f"hx: expected a tuple (h, c) for LSTMCell, got "
+                            f"{type(hx).__name__}")
         h, c = self._step(input, states, ["hx[0]", "hx[1]"])
         return h, c
