@@ -22,6 +22,16 @@ def _env_float(name: str, default: float) -> float:
         raise ValueError(f"{name}: expected a number, got {raw!r}") from None
 
 
+def _env_spin() -> int | None:
+    raw = os.environ.get("FASTRNN_OPENMP_SPIN", "").strip()
+    if raw.lower() == "default":
+        return None
+    return int(_env_float("FASTRNN_OPENMP_SPIN", _DEFAULT_OPENMP_SPIN))
+
+
+_DEFAULT_OPENMP_SPIN = 0                # passive: sleep as soon as idle (bench/README.md)
+
+
 #: Backend that ``backend="auto"`` picks for NumPy inputs; "auto" lets fastrnn choose
 #: (numba where it runs, else numpy; CuPy arrays always go to cupy). ``FASTRNN_BACKEND``.
 backend: str = os.environ.get("FASTRNN_BACKEND", "").strip() or "auto"
@@ -40,6 +50,12 @@ rows_per_thread: int = 4
 #: Rows per thread chunk, fixed; None chooses from the batch and the thread count.
 #: For tests that must see a batch split whatever the machine.
 chunk_rows: int | None = None
+
+#: How long the idle threads of numba's GNU OpenMP pool spin before they sleep (its
+#: ``GOMP_SPINCOUNT``), set when fastrnn starts that pool unless ``OMP_WAIT_POLICY`` or
+#: ``GOMP_SPINCOUNT`` is in the environment; None leaves GNU OpenMP's default.
+#: ``FASTRNN_OPENMP_SPIN``.
+openmp_spin: int | None = _env_spin()
 
 #: Persistent GPU kernels (cupy backend): "0" never, "1" whenever the size fits the
 #: device (a refused launch is an error), "auto" for small batches, falling back to the

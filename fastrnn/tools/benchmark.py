@@ -105,6 +105,7 @@ class BenchConfig:
     budget_s: float = 2.0
     threads: int = 1
     seed: int = 0
+    in_program: bool = False
 
     @property
     def n_problems(self) -> int:
@@ -306,6 +307,9 @@ class Record:
     first_call_s: float | None = None
     compile_s: float | None = None
     flops: int = 0
+    in_program_times_s: list = field(default_factory=list)
+    in_program_median_s: float | None = None
+    in_program_ratio: float | None = None
     gflops: float | None = None
     peak_gflops: float | None = None
     pct_peak: float | None = None
@@ -334,6 +338,48 @@ def _finish(rec: Record, times: list[float], first: float, peaks: dict) -> None:
     rec.peak_gflops = peaks.get((rec.device, rec.dtype))
     if rec.peak_gflops:
         rec.pct_peak = 100.0 * rec.gflops / rec.peak_gflops
+
+
+def _finish_in_program(rec: Record, times: list[float]) -> None:
+    if times and rec.median_s:
+        rec.in_program_times_s = [float(v) for v in times]
+        rec.in_program_median_s = float(np.median(times))
+        rec.in_program_ratio = rec.in_program_median_s / rec.median_s
+
+
+class UserWork:
+    """What a program typically runs between two fastrnn calls: a NumPy matrix product
+    (700 x 700, through NumPy's BLAS) and a small PyTorch training step (a 2-layer MLP,
+    cross-entropy, SGD) where PyTorch is installed. Both leave their libraries' worker
+    threads spinning for a while, which is what an in-program measurement is about."""
+
+    def __init__(self, seed: int = 0):
+        rng = np.random.default_rng(seed)
+        self.a = rng.standard_normal((700, 700))
+        self.torch_step = None
+        try:
+            import torch
+        except ImportError:
+            return
+        gen = torch.Generator().manual_seed(seed)
+        mlp = torch.nn.Sequential(torch.nn.Linear(256, 256), torch.nn.ReLU(),
+                                  torch.nn.Linear(256, 10))
+        opt = torch.optim.SGD(mlp.parameters(), lr=0.01)
+        xb, yb = torch.randn(64, 256, generator=gen), torch.randint(0, 10, (64,), generator=gen)
+
+        def step():
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(mlp(xb), yb).backward()
+            opt.step()
+        self.torch_step = step
+
+    def __call__(self, k: int) -> None:
+        """Round k: the NumPy product on even rounds, the PyTorch step on odd ones (the
+        NumPy product where PyTorch is missing)."""
+        if k % 2 and self.torch_step is not None:
+            self.torch_step()
+        else:
+            self.a @ self.a
 
 
 def _add_speedups(records: list[Record]) -> None:
@@ -386,19 +432,25 @@ def measure_problem(p: Problem, names: list[str], config: BenchConfig, peaks: di
                 if records[name].status == "error":
                     del jobs[name]
     outputs.clear()
-    times = _timed_rounds(jobs, records, config, clock)
+    times, in_program = _timed_rounds(jobs, records, config, clock)
     for name, job in jobs.items():
         if records[name].status == "ok":
             _finish(records[name], times[name], first[name], peaks)
+            _finish_in_program(records[name], in_program[name])
     result = [records[n] for n in names]
     _add_speedups(result)
     return result
 
 
 def _timed_rounds(jobs: dict[str, Job], records: dict[str, Record], config: BenchConfig,
-                  clock) -> dict[str, list[float]]:
+                  clock) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """(stand-alone times, in-program times) per runner; the second only with
+    ``config.in_program``: after each runner's block, one more call right after
+    :class:`UserWork`, without a settling call."""
     order = list(jobs)
     times: dict[str, list[float]] = {name: [] for name in order}
+    in_program: dict[str, list[float]] = {name: [] for name in order}
+    user_work = UserWork(config.seed) if config.in_program else None
     gc.collect()
     gc_was_enabled = gc.isenabled()
     gc.disable()
@@ -418,6 +470,12 @@ def _timed_rounds(jobs: dict[str, Job], records: dict[str, Record], config: Benc
                         job.call()
                         job.sync()
                         times[name].append(clock() - t0)
+                    if user_work is not None:
+                        user_work(r)
+                        t0 = clock()
+                        job.call()
+                        job.sync()
+                        in_program[name].append(clock() - t0)
                 except Exception as exc:
                     records[name].status = "error"
                     records[name].note = f"{type(exc).__name__}: {exc}"
@@ -428,7 +486,7 @@ def _timed_rounds(jobs: dict[str, Job], records: dict[str, Record], config: Benc
     finally:
         if gc_was_enabled:
             gc.enable()
-    return times
+    return times, in_program
 
 
 def measure_peaks(dtypes, devices, n_cpu: int = 1600) -> dict[tuple[str, str], float]:

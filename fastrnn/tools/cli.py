@@ -147,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"threads for BLAS, PyTorch and Numba (default: all {usable_cores()} "
                    "usable cores)")
     b.add_argument("--seed", type=int, default=0, help="seed of the inputs (default: 0)")
+    b.add_argument("--in-program", action="store_true",
+                   help="also time each runner right after a NumPy product or a PyTorch "
+                        "training step, as a program meets it (column 'in-program ×')")
     b.add_argument("--json", metavar="PATH", help="write every record as JSON (bench/README.md)")
     b.add_argument("--markdown", metavar="PATH", help="write the results table as Markdown")
     b.add_argument("--csv", metavar="PATH", help="write one CSV row per record")
@@ -224,7 +227,8 @@ def bench_config(args, parser):
                             backends=requested, modes=_flat(args.mode, bm.MODES),
                             dtypes=_flat(args.dtype, ["float32"]), repeat=args.repeat,
                             min_rounds=min(3, args.repeat), budget_s=args.budget,
-                            threads=args.threads or usable_cores(), seed=args.seed)
+                            threads=args.threads or usable_cores(), seed=args.seed,
+                            in_program=args.in_program)
     return config, status
 
 

@@ -132,9 +132,10 @@ def fmt_num(v: float | None, digits: int = 3) -> str:
     return f"{v:.{decimals}f}"
 
 
-def bench_columns(baselines: list[str]) -> list[str]:
+def bench_columns(baselines: list[str], in_program: bool = False) -> list[str]:
     return (["cell", "mode", "dtype", "size (TxBxIxH)", "backend", "median ms", "IQR ±",
-             "GFLOP/s", "% peak"] + [f"× {b}" for b in baselines])
+             "GFLOP/s", "% peak"] + (["in-program ×"] if in_program else [])
+            + [f"× {b}" for b in baselines])
 
 
 BENCH_COLUMNS = bench_columns(list(BASELINES))
@@ -149,6 +150,7 @@ def bench_rows(records: list, baselines: list[str]):
     """
     rows, sections, styles, notes = [], [], [], []
     last_group = last_size = None
+    in_program = any(r.in_program_median_s is not None for r in records)
     for r in records:
         group = (r.cell, r.mode, r.dtype)
         size = (group, r.size)
@@ -162,6 +164,8 @@ def bench_rows(records: list, baselines: list[str]):
             iqr = 50.0 * (r.q3_s - r.q1_s) / r.median_s
             row += [fmt_num(r.median_s * 1e3), f"{iqr:.0f}%", fmt_num(r.gflops),
                     "-" if r.pct_peak is None else f"{r.pct_peak:.0f}%"]
+            if in_program:
+                row.append("-" if r.in_program_ratio is None else f"{r.in_program_ratio:.2f}×")
             row += [f"{r.speedup[b]:.2f}×" if b in r.speedup else "" for b in baselines]
             styles.append("bold" if r.speedup and all(v > 1 for v in r.speedup.values())
                           else None)
@@ -169,11 +173,12 @@ def bench_rows(records: list, baselines: list[str]):
             text = f"{r.backend}: {r.note}"
             if text not in notes:
                 notes.append(text)
-            row += [r.status, f"[{notes.index(text) + 1}]", "", ""] + [""] * len(baselines)
+            row += ([r.status, f"[{notes.index(text) + 1}]", "", ""] + [""] * in_program
+                    + [""] * len(baselines))
             styles.append("red" if r.status == "error" else "dim")
         rows.append(row)
         last_group, last_size = group, size
-    return bench_columns(baselines), rows, sections, styles, notes
+    return bench_columns(baselines, in_program), rows, sections, styles, notes
 
 
 # ----------------------------------------------------------------------------- files

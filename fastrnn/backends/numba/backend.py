@@ -35,6 +35,7 @@ from .gemm import (MR, NR, matmul, matmul_packed, pack_panels, padded, panel_col
                    panel_matmul)
 from .launch import launch
 from .stepper import NumbaStepRunner
+from .threads import start_pool
 from .weights import NumbaWeights
 
 
@@ -71,6 +72,9 @@ class NumbaBackend(Backend):
 
     name = "numba"
     xp = np
+
+    def __init__(self):
+        start_pool()
 
     @classmethod
     def unavailable_reason(cls):

@@ -28,6 +28,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .math import JIT
+from .threads import parallel_allowed
 
 MR = 4                                            # rows of a tile
 KC = 256                                          # depth of a block of B kept in cache
@@ -229,7 +230,7 @@ def matmul_packed(A: np.ndarray, Bp: np.ndarray, n: int) -> np.ndarray:
     C = np.empty((Mp, P * nr), dtype=A.dtype)
     tiles = Mp // MR
     threads = max(1, min(numba.get_num_threads(), tiles))
-    if threads == 1:
+    if threads == 1 or not parallel_allowed():
         _gemm_tiles(A, Bp, C, 0, tiles)
     else:
         _gemm_tiles_threaded(A, Bp, C, -(-tiles // threads))
@@ -282,7 +283,7 @@ def panel_matmul(Ap: np.ndarray, K: int, B: np.ndarray, Bp: np.ndarray | None = 
     tiles = M // MR
     if tiles:
         threads = max(1, min(numba.get_num_threads(), tiles))
-        if threads == 1:
+        if threads == 1 or not parallel_allowed():
             _panel_gemm_tiles(Ap, K, Bp, C, 0, tiles)
         else:
             _panel_gemm_tiles_threaded(Ap, K, Bp, C, -(-tiles // threads))

@@ -1,0 +1,70 @@
+"""How the numba backend's threads live beside the rest of a program.
+
+Two things go wrong when other libraries run in the same process (``bench/README.md`` has
+the measurements):
+
+* **Spinning.** A thread pool whose idle threads keep spinning holds a core after its own
+  work is done, and any other pool that then wants both cores waits for a scheduler slice.
+  GNU OpenMP (numba's ``omp`` threading layer on Linux) spins for a while by default;
+  :func:`start_pool` starts numba's pool with the spin count of ``config.openmp_spin``
+  (unless the environment sets ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT``), so that its
+  threads stay hot between the parallel regions of one call and sleep soon after it.
+* **fork.** GNU OpenMP cannot run in the child of a process that already used it: numba
+  then kills the child. After a ``fork``, a child of a process whose numba pool runs on
+  GNU OpenMP runs every kernel on the calling thread, chunk after chunk: the same numbers,
+  on one core. Children of ``spawn`` and ``forkserver`` start their own pool.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from ...core import config
+
+__all__ = ["start_pool", "parallel_allowed"]
+
+_forked_from_openmp = False
+_start_lock = threading.Lock()
+
+
+def _pool_started() -> bool:
+    from numba.np.ufunc import parallel
+    return bool(parallel._is_initialized)
+
+
+def start_pool() -> None:
+    """Start numba's thread pool now (once), so that GNU OpenMP reads the spin count of
+    ``config.openmp_spin`` when it loads; a pool already started is left as it is."""
+    with _start_lock:
+        if _pool_started():
+            return
+        from numba.np.ufunc import parallel
+        user_set = "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ
+        spin = config.openmp_spin
+        if user_set or spin is None:
+            parallel._launch_threads()
+            return
+        os.environ["GOMP_SPINCOUNT"] = str(int(spin))
+        try:
+            parallel._launch_threads()
+        finally:
+            del os.environ["GOMP_SPINCOUNT"]   # for this runtime only: torch's reads its own
+
+
+def parallel_allowed() -> bool:
+    """False in the child of a fork made after numba's GNU OpenMP pool started."""
+    return not _forked_from_openmp
+
+
+def _after_fork_in_child() -> None:
+    global _forked_from_openmp
+    try:
+        import numba
+        if _pool_started() and numba.threading_layer() == "omp":
+            _forked_from_openmp = True
+    except Exception:  # noqa: BLE001 - never raise inside os.fork
+        _forked_from_openmp = True
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
