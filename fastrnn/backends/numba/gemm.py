@@ -35,7 +35,10 @@ KC = 256                                          # depth of a block of B kept i
 MC = 128                                          # rows of A reused across the panels of B
 _WIDE = bool(_llvm.get_host_cpu_features().get("avx512f"))
 LANES = {4: 16 if _WIDE else 8, 8: 8 if _WIDE else 4}    # vector lanes per itemsize
-NR = {size: 4 * lanes for size, lanes in LANES.items()}  # columns of a tile: 4 vectors
+# Vectors of C per tile row: 4 where 32 vector registers hold a 4 x 4 tile (AVX-512); 3 on
+# AVX2, whose 16 registers hold 12 accumulators, 3 B vectors and the broadcast A value.
+VECS = 4 if _WIDE else 3
+NR = {size: VECS * lanes for size, lanes in LANES.items()}  # columns of a tile
 
 
 def _microkernel_codegen(float_type, lanes, rows):
@@ -52,29 +55,29 @@ def _microkernel_codegen(float_type, lanes, rows):
         Bp = builder.inttoptr(bp_addr, fptr)
         C = builder.inttoptr(c_addr, fptr)
         zero = ir.Constant(vec, [0.0] * lanes)
-        accs = [cgutils.alloca_once_value(builder, zero) for _ in range(rows * 4)]
+        accs = [cgutils.alloca_once_value(builder, zero) for _ in range(rows * VECS)]
         splat = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)
         with cgutils.for_range(builder, K) as loop:
             k = loop.index
             row = builder.gep(Bp, [builder.mul(k, ldb)])
             b = [builder.load(builder.bitcast(builder.gep(row, [ir.Constant(i64, lanes * q)]),
                                               vptr), align=4)
-                 for q in range(4)]
+                 for q in range(VECS)]
             for r in range(rows):
                 a = builder.load(builder.gep(A, [builder.add(
                     builder.mul(ir.Constant(i64, r), a_rs), builder.mul(k, a_ks))]), align=4)
                 av = builder.insert_element(ir.Constant(vec, None), a, ir.Constant(ir.IntType(32), 0))
                 av = builder.shuffle_vector(av, ir.Constant(vec, None), splat)
-                for q in range(4):
-                    acc = accs[r * 4 + q]
+                for q in range(VECS):
+                    acc = accs[r * VECS + q]
                     builder.store(builder.call(fma, [av, b[q], builder.load(acc)]), acc)
         add = builder.icmp_signed("!=", accumulate, ir.Constant(i64, 0))
         for r in range(rows):
-            for q in range(4):
+            for q in range(VECS):
                 offset = builder.add(builder.mul(ir.Constant(i64, r), ldc),
                                      ir.Constant(i64, lanes * q))
                 cp = builder.bitcast(builder.gep(C, [offset]), vptr)
-                v = builder.load(accs[r * 4 + q])
+                v = builder.load(accs[r * VECS + q])
                 v = builder.select(add, builder.fadd(v, builder.load(cp, align=4)), v)
                 builder.store(v, cp, align=4)
         return context.get_dummy_value()
