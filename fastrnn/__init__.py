@@ -2,12 +2,15 @@
 
 One API, three backends: ``numpy`` (the readable reference), ``numba`` (fused CPU kernels)
 and ``cupy`` (GPU). The public names live here and at a few flat module paths
-(``fastrnn.torch``, ``fastrnn.convert``); the code lives in one subpackage per layer:
+(``fastrnn.torch``, ``fastrnn.convert``, ``fastrnn.notebook``, ``fastrnn.dask``); the code
+lives in one subpackage per layer:
 
 * ``fastrnn.core`` — the contract: cell math, the API, validation, tolerances, config;
 * ``fastrnn.backends`` — one folder per backend behind a small protocol, and a registry;
-* ``fastrnn.layers`` — objects built on the API that hold parameters (layers, stacks);
-* ``fastrnn.interop`` — other libraries: weight conversions, ``torch.nn`` drop-ins;
+* ``fastrnn.layers`` — objects built on the API that hold parameters or state (layers,
+  stacks, the Stepper);
+* ``fastrnn.interop`` — other libraries: conversions, ``torch.nn`` drop-ins, the course
+  notebook's functions, dask;
 * ``fastrnn.tools`` — the ``fastrnn`` command: bench, check, info.
 """
 

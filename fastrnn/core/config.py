@@ -47,6 +47,10 @@ workspace_min_bytes: int = 1 << 18
 #: independently, so a batch splits into chunks that each run the whole time loop).
 rows_per_thread: int = 4
 
+#: A numba call splits its work over threads only where each gets at least this many
+#: FLOPs: waking a sleeping thread costs tens of microseconds, more than a small step.
+min_flops_per_thread: float = 4e6
+
 #: Rows per thread chunk, fixed; None chooses from the batch and the thread count.
 #: For tests that must see a batch split whatever the machine.
 chunk_rows: int | None = None

@@ -61,13 +61,13 @@ class WeightCache:
     in place through ``.data`` there. Copies and pickles of a module start with an empty cache.
     """
 
-    __slots__ = ("_refs", "_versions", "_key", "weights")
+    __slots__ = ("_refs", "_versions", "_key", "_values", "weights")
 
     def __init__(self):
         self.clear()
 
     def clear(self) -> None:
-        self._refs, self._versions, self._key, self.weights = (), (), None, None
+        self._refs, self._versions, self._key, self._values, self.weights = (), (), None, (), None
 
     def get(self, spec, backend, bridge, tensors, verify_values: bool = False):
         """Prepared weights for ``tensors`` (weight_ih, weight_hh, bias_ih, bias_hh,
@@ -82,19 +82,22 @@ class WeightCache:
         same = (self.weights is not None and key == self._key and versions == self._versions
                 and all((r is None) == (t is None) and (r is None or r() is t)
                         for r, t in zip(self._refs, tensors)))
-        if same and not verify_values:
+        if same and (not verify_values or self._same_values(tensors)):
             return self.weights
         with bridge.scope(tensors[0]):
-            params = fastrnn_params(spec, bridge, *tensors)
-            if not (same and self._same_values(bridge.xp, params)):
-                self.weights = prepare(spec, params, backend)
-                self._refs = tuple(None if t is None else weakref.ref(t) for t in tensors)
-                self._versions, self._key = versions, key
+            self.weights = prepare(spec, fastrnn_params(spec, bridge, *tensors), backend)
+        self._refs = tuple(None if t is None else weakref.ref(t) for t in tensors)
+        self._versions, self._key = versions, key
+        self._values = tuple(None if t is None else t.detach().clone() for t in tensors)
         return self.weights
 
-    def _same_values(self, xp, params) -> bool:
-        kept = self.weights.params
-        return all(bool(xp.array_equal(kept[k], a)) for k, a in params.items())
+    def _same_values(self, tensors) -> bool:
+        """The tensors hold the values they held when prepared (a copy kept for this)."""
+        if len(self._values) != len(tensors):
+            return False
+        return all((t is None and v is None) or (t is not None and v is not None
+                                                 and torch.equal(t.detach(), v))
+                   for t, v in zip(tensors, self._values))
 
     def __reduce__(self):
         return WeightCache, ()                 # copies and pickles start empty

@@ -92,7 +92,7 @@ class NumbaBackend(Backend):
         G = cell.num_gates
         H, P = weights.params["U"].shape[1] // G, h0.shape[1]   # gate width, h width
         dt = x.dtype
-        Bp, chunk = padded(B, MR), chunk_size(B)
+        Bp, chunk = padded(B, MR), chunk_size(B, cell.forward_flops(T, B, I, H, P))
         masked = lengths is not None
         lens = lengths if masked else full_lengths(B, T)
         Wp, Up, b, bn = weights.Wp, weights.Up, weights.b, weights.bn
@@ -153,7 +153,7 @@ class NumbaBackend(Backend):
         G = cell.num_gates
         H, P = weights.params["U"].shape[1] // G, h0.shape[1]   # gate width, h width
         dt = x.dtype
-        Bp, chunk = padded(B, MR), chunk_size(B)
+        Bp, chunk = padded(B, MR), chunk_size(B, cell.backward_flops(T, B, I, H, P))
         masked, lens = saved["masked"], saved["lens"]
         lease = workspace.Lease()            # temporaries of this pass: back to the pool
 

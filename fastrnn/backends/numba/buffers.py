@@ -14,22 +14,30 @@ import numpy as np
 from ...core import config
 from .gemm import MR, NR, padded
 
-__all__ = ["chunk_size", "dummy", "full_lengths", "gemm_out", "padded_rows"]
+__all__ = ["chunk_size", "threads_for", "dummy", "full_lengths", "gemm_out", "padded_rows"]
 
 _FULL_LENGTHS: dict[tuple[int, int], np.ndarray] = {}
 
 
-def chunk_size(B: int) -> int:
+def chunk_size(B: int, flops: float | None = None) -> int:
     """Rows per thread chunk (a multiple of MR) for a batch of B sequences: at least
-    ``config.rows_per_thread`` rows per thread (``bench/threads.py`` measures why)."""
+    ``config.rows_per_thread`` rows per thread (``bench/threads.py`` measures why), and
+    the whole batch in one chunk when the call's ``flops`` would give a thread less than
+    ``config.min_flops_per_thread`` (waking a thread costs more than that work)."""
     Bp = padded(B, MR)
     if config.chunk_rows is not None:
         return padded(min(config.chunk_rows, Bp), MR)
     per_thread = config.rows_per_thread
     if Bp < 2 * per_thread:
         return Bp
-    threads = max(1, min(numba.get_num_threads(), Bp // per_thread))
+    threads = max(1, min(numba.get_num_threads(), Bp // per_thread,
+                         threads_for(flops) if flops is not None else Bp))
     return padded(-(-Bp // threads), MR)
+
+
+def threads_for(flops: float) -> int:
+    """How many threads ``flops`` of work keep busy: one per ``config.min_flops_per_thread``."""
+    return max(1, int(flops // config.min_flops_per_thread))
 
 
 def full_lengths(B: int, T: int) -> np.ndarray:

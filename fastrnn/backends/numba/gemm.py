@@ -27,6 +27,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from ...core import config
 from .math import JIT
 from .threads import parallel_allowed
 
@@ -232,7 +233,8 @@ def matmul_packed(A: np.ndarray, Bp: np.ndarray, n: int) -> np.ndarray:
         A = Ap
     C = np.empty((Mp, P * nr), dtype=A.dtype)
     tiles = Mp // MR
-    threads = max(1, min(numba.get_num_threads(), tiles))
+    threads = max(1, min(numba.get_num_threads(), tiles,
+                         max(1, int(2 * M * K * n // config.min_flops_per_thread))))
     if threads == 1 or not parallel_allowed():
         _gemm_tiles(A, Bp, C, 0, tiles)
     else:
@@ -285,7 +287,8 @@ def panel_matmul(Ap: np.ndarray, K: int, B: np.ndarray, Bp: np.ndarray | None = 
     C = np.empty((M, Bp.shape[0] * Bp.shape[2]), dtype=Ap.dtype)
     tiles = M // MR
     if tiles:
-        threads = max(1, min(numba.get_num_threads(), tiles))
+        threads = max(1, min(numba.get_num_threads(), tiles,
+                             max(1, int(2 * M * K * N // config.min_flops_per_thread))))
         if threads == 1 or not parallel_allowed():
             _panel_gemm_tiles(Ap, K, Bp, C, 0, tiles)
         else:

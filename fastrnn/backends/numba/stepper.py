@@ -38,7 +38,7 @@ class NumbaStepRunner:
         self._c = np.zeros((Bp, H), dtype=dt) if cell.has_cell_state else None
         self.h = self._h[:B]
         self.c = None if self._c is None else self._c[:B]
-        self._bp, self._chunk = Bp, chunk_size(B)
+        self._bp, self._chunk = Bp, chunk_size(B, cell.forward_flops(1, B, I, H, P))
         self._none = dummy(dt)
         self._xs = np.zeros((Bp, I), dtype=dt)
         self._ax = gemm_out(Bp, GH, dt)
