@@ -88,6 +88,14 @@ def _check_backend(backend) -> None:
                          f"{', '.join(_backends.backend_names())}")
 
 
+def _torch_init(module) -> None:
+    """torch's init: every parameter uniform(-1/sqrt(H), 1/sqrt(H)), in registration order,
+    so under one ``torch.manual_seed`` it draws what ``torch.nn`` draws."""
+    stdv = 1.0 / math.sqrt(module.hidden_size)
+    for weight in module.parameters():
+        nn.init.uniform_(weight, -stdv, stdv)
+
+
 def _grads_flow(tensors) -> bool:
     """Whether this call's autograd graph reaches any of the weight tensors."""
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
@@ -192,11 +200,7 @@ class RNNBase(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """torch's init: every parameter uniform(-1/sqrt(H), 1/sqrt(H)), in registration
-        order, so under one ``torch.manual_seed`` it draws what ``torch.nn`` draws."""
-        stdv = 1.0 / math.sqrt(self.hidden_size)
-        for weight in self.parameters():
-            nn.init.uniform_(weight, -stdv, stdv)
+        _torch_init(self)
 
     def flatten_parameters(self) -> None:
         """Prepare the weights again at the next call. Needed only after a change that
@@ -437,11 +441,7 @@ class RNNCellBase(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """torch's init: every parameter uniform(-1/sqrt(H), 1/sqrt(H)), in registration
-        order, so under one ``torch.manual_seed`` it draws what ``torch.nn`` draws."""
-        stdv = 1.0 / math.sqrt(self.hidden_size)
-        for weight in self.parameters():
-            nn.init.uniform_(weight, -stdv, stdv)
+        _torch_init(self)
 
     def flatten_parameters(self) -> None:
         """Prepare the weights again at the next call (after a change through ``.data``)."""

@@ -212,7 +212,8 @@ def _finite(v):
 
 CSV_FIELDS = ["cell", "size", "T", "B", "I", "H", "mode", "dtype", "backend", "device", "status",
               "median_s", "q1_s", "q3_s", "min_s", "max_s", "samples", "first_call_s",
-              "compile_s", "flops", "gflops", "peak_gflops", "pct_peak"] + \
+              "compile_s", "flops", "gflops", "peak_gflops", "pct_peak", "in_program_median_s",
+              "in_program_ratio"] + \
              [f"speedup_vs_{b.replace('-', '_')}" for b in BASELINES] + \
              ["rel_err", "tolerance", "agrees", "note"]
 
@@ -225,6 +226,7 @@ def write_csv(path, records: list) -> None:
         for r in records:
             d = r.to_dict()
             d["samples"] = len(d.pop("times_s"))
+            d.pop("in_program_times_s")
             for b in BASELINES:
                 d[f"speedup_vs_{b.replace('-', '_')}"] = r.speedup.get(b)
             d.pop("speedup")

@@ -216,6 +216,16 @@ def lstm_state_row(g, c, h, o, tc, H):
 
 
 @njit(**JIT)
+def lstm_row(g, x, a, bias, c, h, o, tc, H):
+    """One LSTM step of one row: the gates i, f, g, o of x + a + bias into g, then
+    :func:`lstm_state_row` (c, h and the output row o; tc = tanh(c'))."""
+    gates_sigm(g, x, a, bias, 0, 2 * H)
+    gates_tanh(g, x, a, bias, 2 * H, 3 * H)
+    gates_sigm(g, x, a, bias, 3 * H, 4 * H)
+    lstm_state_row(g, c, h, o, tc, H)
+
+
+@njit(**JIT)
 def lstm_forward_rows(x, Wp, Up, bias, h, c, lengths, reverse, out, hprev, gates, cprev, tanhc,
                       training, xs, ax, acc, scratch_g, scratch_tc, b0, b1):
     """The loop of :func:`lstm_forward` for the batch rows b0..b1 (whole MR-row tiles),
@@ -235,11 +245,7 @@ def lstm_forward_rows(x, Wp, Up, bias, h, c, lengths, reverse, out, hprev, gates
                 copy_row(hprev[t, b], h[b], H)
             else:
                 g, tc = scratch_g[b], scratch_tc[b]
-            xb, a = ax[b], acc[b]
-            gates_sigm(g, xb, a, bias, 0, 2 * H)
-            gates_tanh(g, xb, a, bias, 2 * H, 3 * H)
-            gates_sigm(g, xb, a, bias, 3 * H, 4 * H)
-            lstm_state_row(g, c[b], h[b], out[t, b], tc, H)
+            lstm_row(g, ax[b], acc[b], bias, c[b], h[b], out[t, b], tc, H)
 
 
 @njit(**PARALLEL)
@@ -347,11 +353,7 @@ def lstmp_forward_rows(x, Wp, Up, Rp, bias, h, c, m, lengths, reverse, out, hpre
                 copy_row(hprev[t, b], h[b], P)
             else:
                 g, tc = scratch_g[b], scratch_tc[b]
-            xb, a = ax[b], acc[b]
-            gates_sigm(g, xb, a, bias, 0, 2 * H)
-            gates_tanh(g, xb, a, bias, 2 * H, 3 * H)
-            gates_sigm(g, xb, a, bias, 3 * H, 4 * H)
-            lstm_state_row(g, c[b], m[b], m[b], tc, H)
+            lstm_row(g, ax[b], acc[b], bias, c[b], m[b], m[b], tc, H)
         packed_gemm(m, b0, min(b1, B), Rp, hr, 0)       # h' = m @ Wr
         for b in range(b0, min(b1, B)):
             if s < lengths[b]:
