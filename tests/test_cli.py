@@ -184,7 +184,22 @@ def test_help_exits_0(capsys):
 RECORD_KEYS = {"cell", "size", "T", "B", "I", "H", "mode", "dtype", "backend", "device",
                "status", "note", "times_s", "median_s", "q1_s", "q3_s", "min_s", "max_s",
                "first_call_s", "compile_s", "flops", "gflops", "peak_gflops", "pct_peak",
-               "speedup", "rel_err", "tolerance", "agrees"}
+               "speedup", "rel_err", "tolerance", "agrees", "in_program_times_s",
+               "in_program_median_s", "in_program_ratio"}
+
+
+def test_in_program_times_each_runner_after_numpy_and_torch_work(tmp_path, capsys):
+    path = tmp_path / "r.json"
+    rc, out, _ = run(["bench", "--cells", "gru", "--sizes", TINY, "--repeat", "2",
+                      "--budget", "0", "--backends", "numpy,numba", "--in-program",
+                      "--json", str(path), "--no-progress"], capsys)
+    assert rc == 0, out
+    assert "in-program" in out
+    doc = json.loads(path.read_text())
+    assert doc["config"]["in_program"] is True
+    for r in doc["records"]:
+        assert len(r["in_program_times_s"]) == 2                   # one per round
+        assert r["in_program_ratio"] == pytest.approx(r["in_program_median_s"] / r["median_s"])
 
 
 def test_tiny_bench_writes_json_csv_and_plot(tmp_path, capsys):
