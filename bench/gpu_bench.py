@@ -316,7 +316,6 @@ class Bench:
         def ours():
             fastrnn.forward("lstm", x, params, backend="cupy", training=False)
 
-        from fastrnn.backends.cupy import persistent as cb
         fastrnn.config.cupy_persistent = "0"
 
         def theirs():

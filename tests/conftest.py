@@ -32,6 +32,13 @@ def backend(request):
     return request.param
 
 
+@pytest.fixture(params=["numpy", "numba"])
+def cpu_backend(request):
+    """Name of each CPU backend (the reference and numba): for drop-ins of CPU libraries."""
+    require_backend(request.param)
+    return request.param
+
+
 @pytest.fixture
 def rng(request):
     """A generator seeded from the test's name: fresh inputs per test, reproducible per run."""

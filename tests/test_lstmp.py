@@ -16,19 +16,13 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 import fastrnn
 import fastrnn.torch as frt
 from assertions import assert_close
-from conftest import record_error, require_backend
+from conftest import record_error
 from fastrnn.core.tolerances import GRADCHECK, SAME_ARITHMETIC
 from fastrnn.tools.problems import random_problem
 
 T, B, I, H, P = 6, 4, 3, 7, 3
 MODES = {"plain": (False, False), "lengths": (True, False), "reverse": (False, True),
          "lengths+reverse": (True, True)}
-
-
-@pytest.fixture(params=["numpy", "numba"])
-def cpu_backend(request):
-    require_backend(request.param)
-    return request.param
 
 
 def _problem(rng, dtype, lengths, states=True):

@@ -16,7 +16,6 @@ import fastrnn
 from fastrnn.interop.biases import fold_gradients
 from fastrnn.layers.stack import (Stack, StackGradients, StackResult, dropout_mask, init_stack_params,
                            stack_backward, stack_forward)
-from conftest import require_backend
 from fastrnn.core.tolerances import TORCH_TOLERANCES
 from assertions import assert_close
 
@@ -25,12 +24,6 @@ TORCH_CLASS = {"lstm": (torch.nn.LSTM, {}), "gru": (torch.nn.GRU, {}),
                "rnn_tanh": (torch.nn.RNN, {"nonlinearity": "tanh"}),
                "rnn_relu": (torch.nn.RNN, {"nonlinearity": "relu"})}
 T, B, I, H = 5, 3, 4, 3
-
-
-@pytest.fixture(params=["numpy", "numba"])
-def cpu_backend(request):
-    require_backend(request.param)
-    return request.param
 
 
 def torch_twin(cell, L, D, dtype=torch.float64, seed=0):

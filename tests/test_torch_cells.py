@@ -20,7 +20,6 @@ from torch import nn
 import fastrnn.interop.torch_function as torch_function
 import fastrnn.torch as frt
 from assertions import assert_close
-from conftest import require_backend
 from fastrnn.core.tolerances import GRADCHECK, SAME_ARITHMETIC, TORCH_TOLERANCES
 
 # name -> (fastrnn.torch class, torch.nn class, extra constructor kwargs)
@@ -31,12 +30,6 @@ KINDS = {"rnn_tanh": (frt.RNNCell, nn.RNNCell, {"nonlinearity": "tanh"}),
 TWINS = {nn.RNNCell: frt.RNNCell, nn.GRUCell: frt.GRUCell, nn.LSTMCell: frt.LSTMCell}
 B, I, H = 3, 4, 5
 F64 = torch.float64
-
-
-@pytest.fixture(params=["numpy", "numba"])
-def cpu_backend(request):
-    require_backend(request.param)
-    return request.param
 
 
 def make_pair(kind, backend="numpy", seed=0, dtype=F64, **kw):

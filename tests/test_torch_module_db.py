@@ -13,7 +13,6 @@ import torch
 from torch.nn.utils.rnn import PackedSequence
 
 import fastrnn.torch as frt
-from conftest import require_backend
 from fastrnn.core.tolerances import SAME_ARITHMETIC
 
 pytest.importorskip("expecttest", reason="torch.testing._internal needs expecttest")
@@ -21,12 +20,6 @@ from torch.testing._internal import common_modules as cm  # noqa: E402
 
 TWINS = {torch.nn.RNN: frt.RNN, torch.nn.GRU: frt.GRU, torch.nn.LSTM: frt.LSTM}
 F64 = torch.float64
-
-
-@pytest.fixture(params=["numpy", "numba"])
-def cpu_backend(request):
-    require_backend(request.param)
-    return request.param
 
 
 def _info(torch_cls):

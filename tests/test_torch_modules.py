@@ -31,12 +31,6 @@ T, B, I, H = 5, 3, 4, 3
 LENGTHS = [3, 5, 2]                      # unsorted, so the packed path permutes hx and h_n
 
 
-@pytest.fixture(params=["numpy", "numba"])
-def cpu_backend(request):
-    require_backend(request.param)
-    return request.param
-
-
 def make_pair(kind, backend, seed=0, dtype=torch.float64, **kw):
     """(fastrnn module, torch.nn module) with the torch module's weights loaded."""
     ours, theirs, extra = KINDS[kind]
