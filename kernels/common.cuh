@@ -22,7 +22,9 @@
 // every sequence has all T steps.
 //
 // This header is inlined into each .cu by the Python loader (fastrnn.backends.cupy.nvrtc)
-// before NVRTC compiles it; nvcc finds it through -I.
+// before NVRTC compiles it; nvcc finds it through -I. The test suite also compiles every
+// kernel as C++ for the CPU (tests/cuda_emulation/): FASTRNN_CPU_EMULATION is defined
+// there, and the few lines of inline PTX below have a plain C++ twin for it.
 
 #ifndef FASTRNN_COMMON_CUH
 #define FASTRNN_COMMON_CUH
@@ -39,24 +41,43 @@ template <> struct acc_of<double> { typedef double type; };
 __device__ __forceinline__ float load(const float* p, long long i) { return p[i]; }
 __device__ __forceinline__ double load(const double* p, long long i) { return p[i]; }
 
-__device__ __forceinline__ float load(const half_t* p, long long i) {
+__device__ __forceinline__ float half_bits_to_float(unsigned short h) {
+#ifdef FASTRNN_CPU_EMULATION
+    return fastrnn_emu_half_to_float(h);
+#else
     float f;
-    unsigned short h = p[i].bits;
     asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
     return f;
+#endif
+}
+
+__device__ __forceinline__ unsigned short float_to_half_bits(float v) {
+#ifdef FASTRNN_CPU_EMULATION
+    return fastrnn_emu_float_to_half(v);
+#else
+    unsigned short h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(v));   // round to nearest even
+    return h;
+#endif
+}
+
+__device__ __forceinline__ float bf16_bits_to_float(unsigned short h) {
+    return __uint_as_float(((unsigned int)h) << 16);
+}
+
+__device__ __forceinline__ float load(const half_t* p, long long i) {
+    return half_bits_to_float(p[i].bits);
 }
 
 __device__ __forceinline__ float load(const bf16_t* p, long long i) {
-    return __uint_as_float(((unsigned int)p[i].bits) << 16);
+    return bf16_bits_to_float(p[i].bits);
 }
 
 __device__ __forceinline__ void store(float* p, long long i, float v) { p[i] = v; }
 __device__ __forceinline__ void store(double* p, long long i, double v) { p[i] = v; }
 
 __device__ __forceinline__ void store(half_t* p, long long i, float v) {
-    unsigned short h;
-    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(v));   // round to nearest even
-    p[i].bits = h;
+    p[i].bits = float_to_half_bits(v);
 }
 
 __device__ __forceinline__ void store(bf16_t* p, long long i, float v) {
@@ -121,6 +142,13 @@ struct StepUnit {
 #define FOR_EACH(k, n)                                                            \
     for (long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x; k < (n);  \
          k += (long long)gridDim.x * blockDim.x)
+
+// The dynamic shared memory of a kernel (one array, 16-byte aligned) and the pause of a spin
+// loop; the CPU emulation of the test suite defines its own.
+#ifndef FASTRNN_CPU_EMULATION
+#define FASTRNN_DYNAMIC_SMEM(name) extern __shared__ __align__(16) unsigned char name[]
+#define FASTRNN_SPIN_PAUSE()
+#endif
 
 // Explicit instantiation for the CUDA compile check (tests/test_cuda_compile.py): taking
 // the address of every specialisation makes nvcc emit each kernel for each storage type.

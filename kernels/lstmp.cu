@@ -14,7 +14,7 @@
 // Intermediates xw, hu, hr, dm and the carried gradients are in ACC(T) (common.cuh).
 
 #include "common.cuh"
-#include "lstm_cell.cuh"
+#include "cells.cuh"
 
 // Gates, c' and m of step s, for (B, H) units. Finished rows keep c and get m = 0.
 template <typename T>

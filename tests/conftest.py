@@ -2,7 +2,9 @@
 
 ``backend`` runs a test on every backend that is not the reference. numba is a hard
 dependency, so a numba that cannot run fails loudly; cupy is skipped, with the reason,
-where no GPU or CuPy is present.
+where no GPU or CuPy is present. "cupy-emulated" is the cupy backend's own code with its
+kernels compiled for the CPU (tests/cuda_emulation): it runs everywhere a C++ compiler
+is, under the backend name "cupy", so every GPU-path comparison also runs in CI.
 """
 
 import numpy as np
@@ -12,8 +14,9 @@ import fastrnn
 from fastrnn.backends import BackendUnavailableError, get_backend
 from fastrnn.tools.problems import random_problem
 
-FAST_BACKENDS = ["numba", "cupy"]
+FAST_BACKENDS = ["numba", "cupy", "cupy-emulated"]
 OPTIONAL_BACKENDS = {"cupy"}
+EMULATED = "cupy-emulated"
 
 
 def require_backend(name):
@@ -25,11 +28,26 @@ def require_backend(name):
         raise
 
 
+def use_backend(request, name):
+    """The backend name a test passes to fastrnn for fixture parameter ``name``: the name
+    itself, or "cupy" once the emulated cupy backend is installed for this test."""
+    if name != EMULATED:
+        require_backend(name)
+        return name
+    import cuda_emulation
+    if cuda_emulation.compiler() is None:
+        pytest.skip("the CUDA emulation needs a C++ compiler (g++), which is not on PATH")
+    monkeypatch = request.getfixturevalue("monkeypatch")
+    stack = cuda_emulation.emulated_cupy_backend(monkeypatch)
+    stack.__enter__()
+    request.addfinalizer(lambda: stack.__exit__(None, None, None))
+    return "cupy"
+
+
 @pytest.fixture(params=FAST_BACKENDS)
 def backend(request):
     """Name of a fast backend to compare against the reference."""
-    require_backend(request.param)
-    return request.param
+    return use_backend(request, request.param)
 
 
 @pytest.fixture(params=["numpy", "numba"])
@@ -61,8 +79,7 @@ ALL_BACKENDS = ["numpy"] + FAST_BACKENDS
 @pytest.fixture(params=ALL_BACKENDS)
 def any_backend(request):
     """Name of every backend, the reference included: for properties every backend must have."""
-    require_backend(request.param)
-    return request.param
+    return use_backend(request, request.param)
 
 
 def make_upstream(rng, cell, T, B, H, dtype="float64"):

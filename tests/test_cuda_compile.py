@@ -27,12 +27,11 @@ from pathlib import Path
 import pytest
 
 from fastrnn.backends.cupy import nvrtc as cb
+from kernel_names import MANGLED_STORAGE, base_name, mangled_prefix
 
 REPO = Path(__file__).resolve().parents[1]
 KERNEL_DIR = REPO / "kernels"
 ARCHS = ("sm_80", "sm_90")
-# C++ storage type -> its Itanium-mangled template argument
-MANGLED = {"float": "f", "double": "d", "half_t": "6half_t", "bf16_t": "6bf16_t"}
 
 
 def _tool(name: str) -> str:
@@ -82,8 +81,8 @@ def _missing_instances(source: str, ptx: str) -> list[str]:
     entries = re.findall(r"\.entry\s+([A-Za-z0-9_]+)\s*\(", ptx)
     missing = []
     for kernel in cb.KERNELS[source]:
-        for ctype, code in MANGLED.items():
-            prefix = f"_Z{len(kernel)}{kernel}I{code}E"
+        for ctype in MANGLED_STORAGE:
+            prefix = mangled_prefix(kernel, ctype)
             if not any(e.startswith(prefix) for e in entries):
                 missing.append(f"{kernel}<{ctype}>")
     return missing
@@ -93,11 +92,13 @@ def test_kernel_table_matches_the_sources():
     """The backend's table of sources and kernels names exactly the files in kernels/."""
     on_disk = sorted(p.stem for p in KERNEL_DIR.glob("*.cu"))
     assert on_disk == sorted(cb.KERNELS), f"kernels/*.cu {on_disk} vs KERNELS {sorted(cb.KERNELS)}"
-    assert set(MANGLED) == set(cb.STORAGE_CTYPES.values())
+    assert set(MANGLED_STORAGE) == set(cb.STORAGE_CTYPES.values())
     for source, kernels in cb.KERNELS.items():
         text = (KERNEL_DIR / f"{source}.cu").read_text()
         for k in kernels:
-            assert re.search(rf"__global__\s+void\s+{k}\s*\(", text), f"{k} not in {source}.cu"
+            name = base_name(k)
+            assert re.search(rf"__global__\s+void\s+(__launch_bounds__\([^)]*\)\s+)?{name}\s*\(",
+                             text), f"{name} not in {source}.cu"
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -129,9 +130,10 @@ def test_inlined_source_compiles_without_an_include_path(source, tmp_path):
 
 
 def test_kernel_source_inlines_the_header_once():
-    text = cb.kernel_source("lstm")
+    text = cb.kernel_source("persist")
     assert text.count("#define FASTRNN_COMMON_CUH") == 1
-    assert "lstm_forward" in text and "step_time" in text
+    assert text.count("#define FASTRNN_CELLS_CUH") == 1
+    assert "persist_forward" in text and "step_time" in text and "LstmCell" in text
     with pytest.raises(ValueError, match="unknown kernel source"):
         cb.kernel_source("nope")
 
@@ -177,7 +179,7 @@ def test_kernel_sources_found_in_an_installed_package(tmp_path):
         from pathlib import Path
         from fastrnn.backends.cupy import nvrtc as cb
         print(Path(str(cb.kernel_dir())).resolve())
-        assert "lstm_forward" in cb.kernel_source("lstm")
+        assert "step_forward" in cb.kernel_source("step")
     """, {"PYTHONPATH": str(site)}, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert Path(proc.stdout.strip()) == (site / "fastrnn" / "kernels").resolve()

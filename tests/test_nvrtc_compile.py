@@ -25,11 +25,10 @@ import pytest
 
 from fastrnn.backends.cupy import nvrtc
 from fastrnn.backends.cupy.lib import IMPORT_ERROR, cupy
+from kernel_names import MANGLED_STORAGE, mangled_prefix
 
 ARCH = "90"
-# C++ storage type -> its Itanium-mangled template argument
-MANGLED = {"float": "f", "double": "d", "half_t": "6half_t", "bf16_t": "6bf16_t"}
-CASES = [(source, ctype) for source in sorted(nvrtc.KERNELS) for ctype in MANGLED]
+CASES = [(source, ctype) for source in sorted(nvrtc.KERNELS) for ctype in MANGLED_STORAGE]
 # float32 arithmetic in PTX: every one of these must carry .ftz under CuPy's -ftz=true
 F32_ARITHMETIC = re.compile(
     r"^\s*(?:@!?%p\d+\s+)?((?:add|sub|mul|fma|div|rcp|sqrt|rsqrt|ex2|lg2|abs|neg|min|max"
@@ -106,10 +105,10 @@ def test_every_kernel_compiles_through_cupys_nvrtc_path(source, ctype):
     assert got["image"][:4] == b"\x7fELF", "NVRTC did not return a cubin"
     assert not got["log"].strip(), f"NVRTC warnings for {source}.cu <{ctype}>:\n{got['log']}"
     for kernel in nvrtc.KERNELS[source]:
-        expr = f"{kernel}<{ctype}>"
+        expr = nvrtc.name_expression(kernel, ctype)
         mangled = got["names"].get(expr)
         assert mangled, f"no mangled name for {expr}"
-        assert mangled.startswith(f"_Z{len(kernel)}{kernel}I{MANGLED[ctype]}E"), mangled
+        assert mangled.startswith(mangled_prefix(kernel, ctype)), mangled
         assert mangled.encode() in got["image"], f"{mangled} ({expr}) is not in the cubin"
     options = got["options"]
     for flag in ("-ftz=true", f"-arch=sm_{ARCH}", "--device-as-default-execution-space",
@@ -131,7 +130,7 @@ def test_compiler_options_are_those_cupy_assembles():
 def test_float32_arithmetic_flushes_subnormals(ctype):
     """The documented convention (backend docstring): with CuPy's -ftz=true every float32
     operation of the kernels flushes subnormals, for float storage and 16-bit storage."""
-    ptx = compile_like_rawmodule("gru", ctype, _ptx_arch)["image"].decode()
+    ptx = compile_like_rawmodule("step", ctype, _ptx_arch)["image"].decode()
     ops = F32_ARITHMETIC.findall(ptx)
     assert len(ops) > 100, f"only {len(ops)} float32 operations found in the PTX"
     plain = sorted({op for op in ops if ".ftz" not in op})
@@ -140,7 +139,7 @@ def test_float32_arithmetic_flushes_subnormals(ctype):
 
 def test_unknown_storage_type_is_refused():
     with pytest.raises(ValueError, match="ctype"):
-        nvrtc.module_spec("lstm", "int")
+        nvrtc.module_spec("step", "int")
 
 
 # --------------------------------------------------------------------------- the probe

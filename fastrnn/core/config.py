@@ -61,15 +61,14 @@ chunk_rows: int | None = None
 #: ``FASTRNN_OPENMP_SPIN``.
 openmp_spin: int | None = _env_spin()
 
-#: Persistent GPU kernels (cupy backend): "0" never, "1" whenever the size fits the
-#: device (a refused launch is an error), "auto" for small batches, falling back to the
-#: per-step path when refused. ``FASTRNN_CUPY_PERSISTENT``.
-cupy_persistent: str = os.environ.get("FASTRNN_CUPY_PERSISTENT", "0").strip().lower()
+#: Persistent GPU kernels (cupy backend: the whole time loop in one launch): "auto" where
+#: the planner's estimate beats the per-step path, "1" wherever a plan fits the device,
+#: "0" never (fastrnn/backends/cupy/persistent.py). ``FASTRNN_CUPY_PERSISTENT``.
+cupy_persistent: str = os.environ.get("FASTRNN_CUPY_PERSISTENT", "auto").strip().lower()
 
-#: Largest batch and hidden size that ``cupy_persistent="auto"`` sends to the persistent
-#: kernels.
-cupy_persistent_max_batch: int = 32
-cupy_persistent_max_hidden: int = 512
+#: Force the persistent kernels' split: (batch groups, blocks per group), or None to let
+#: the planner choose. For measuring the planner's choices (bench/gpu_persist_sweep.py).
+cupy_persistent_split: tuple[int, int] | None = None
 
 #: A tape checksums its inputs so that backward refuses arrays changed in place: whole
 #: arrays up to this many elements, larger ones through ``tape_digest_samples`` evenly

@@ -35,11 +35,11 @@ from __future__ import annotations
 from ..base import Backend, ForwardOut
 from .lib import IMPORT_ERROR, cupy
 from .nvrtc import compile_problem, kernel_dir
+from .nvrtc import CELL_TYPES
 from .persistent import persistent_backward, persistent_forward, plan_for_call
-from .steps import (NULL, Saved, StateSeq, Steps, cublas_bindings, finish_backward, grad_init,
-                    grurb_backward, grurb_forward, gru_backward, gru_forward, lstm_backward,
-                    lstm_forward, lstmp_backward, lstmp_forward, project, rnn_backward,
-                    rnn_forward)
+from .steps import (NULL, Saved, StateSeq, Steps, cell_backward, cell_forward, cublas_bindings,
+                    finish_backward, grad_init, grurb_backward, grurb_forward, lstmp_backward,
+                    lstmp_forward, project)
 
 __all__ = ["CupyBackend"]
 
@@ -109,21 +109,17 @@ class CupyBackend(Backend):
                 if done is not None:
                     return done
             hs = StateSeq(h0, T, training)
-            if cell.has_cell_state:
-                cs = StateSeq(c0, T, training)
-                step = lstmp_forward if cell.has_projection else lstm_forward
-                gates = step(st, xw, params, hs, cs, out, training)
-                saved = Saved(hs.buf, cs.buf, gates, None, lens) if training else None
-                return ForwardOut(out, hs.final(), cs.final(), saved)
+            cs = StateSeq(c0, T, training) if cell.has_cell_state else None
             rh = None
-            if cell.name == "gru":
-                gates = gru_forward(st, xw, params, hs, out, training)
-            elif cell.name == "gru_reset_before":
-                gates, rh = grurb_forward(st, xw, params, hs, out, training)
+            if cell.name in CELL_TYPES:
+                gates = cell_forward(st, cell, xw, params, hs, cs, out, training)
+            elif cell.name == "lstmp":
+                gates = lstmp_forward(st, xw, params, hs, cs, out, training)
             else:
-                gates = rnn_forward(st, xw, params, hs, out, cell.nonlinearity == "relu")
-            saved = Saved(hs.buf, None, gates, rh, lens) if training else None
-            return ForwardOut(out, hs.final(), None, saved)
+                gates, rh = grurb_forward(st, xw, params, hs, out, training)
+            saved = (Saved(hs.buf, None if cs is None else cs.buf, gates, rh, lens)
+                     if training else None)
+            return ForwardOut(out, hs.final(), None if cs is None else cs.final(), saved)
 
     def backward(self, cell, saved, x, params, h0, c0, lengths, reverse, dh, dh_n, dc_n):
         with x.device:
@@ -139,21 +135,14 @@ class CupyBackend(Backend):
                 return finish_backward(st, cell, saved, x, params, *done)
             direct = grad_init(dh_n, (B, H), st.acc)     # state gradient: the kernels' part
             rec = cupy.zeros((B, H), dtype=st.acc)         # ... and the cuBLAS part
-            dc0 = None
-            if cell.name == "lstm":
-                dc0 = grad_init(dc_n, (B, H), st.acc)
-                dgx = dgr = lstm_backward(st, saved, params, dh_arg, direct, rec, dc0)
+            dc0 = grad_init(dc_n, c0.shape, st.acc) if cell.has_cell_state else None
+            if cell.name in CELL_TYPES:
+                dgx, dgr = cell_backward(st, cell, saved, params, dh_arg, direct, rec, dc0)
             elif cell.name == "lstmp":
-                dc0 = grad_init(dc_n, c0.shape, st.acc)
                 dgr = lstmp_backward(st, saved, params, dh_arg, direct, rec, dc0)
                 dgx = dgr[0]
-            elif cell.name == "gru":
-                dgx, dgr = gru_backward(st, saved, params, dh_arg, direct, rec)
-            elif cell.name == "gru_reset_before":
-                dgx, *dgr = grurb_backward(st, saved, params, dh_arg, direct, rec)
             else:
-                dgx = dgr = rnn_backward(st, saved, params, dh_arg, direct, rec,
-                                          cell.nonlinearity == "relu")
+                dgx, *dgr = grurb_backward(st, saved, params, dh_arg, direct, rec)
             dh0 = (direct + rec).astype(x.dtype, copy=False)
             if dc0 is not None:
                 dc0 = dc0.astype(x.dtype, copy=False)

@@ -32,19 +32,30 @@ import numpy as np
 
 from .lib import cupy
 
-__all__ = ["KERNELS", "COMMON_HEADER", "STORAGE_CTYPES", "NVRTC_OPTIONS", "kernel_dir",
+__all__ = ["KERNELS", "CELL_TYPES", "name_expression", "header_constants", "cell_traits",
+           "COMMON_HEADER", "STORAGE_CTYPES", "NVRTC_OPTIONS", "kernel_dir",
            "kernel_source", "module_spec", "compiler_options", "compile_problem", "function"]
 
 
-# source file (kernels/<name>.cu) -> the kernel templates it defines
+# The cells of kernels/cells.cuh that step.cu and persist.cu are instantiated for, by the
+# name of fastrnn's cell.
+CELL_TYPES: dict[str, str] = {"rnn_tanh": "RnnTanh", "rnn_relu": "RnnRelu", "lstm": "LstmCell",
+                              "gru": "GruCell"}
+
+
+def _per_cell(*kernels: str) -> tuple[str, ...]:
+    return tuple(f"{k}<{c}>" for k in kernels for c in CELL_TYPES.values())
+
+
+# source file (kernels/<name>.cu) -> the kernels it defines: a template over the storage
+# type, written with its other template arguments ("step_forward<LstmCell>"); the name
+# expression NVRTC gets adds the storage type last ("step_forward<LstmCell, float>").
 KERNELS: dict[str, tuple[str, ...]] = {
-    "rnn": ("rnn_forward", "rnn_backward", "rnn_persist_forward", "rnn_persist_backward"),
-    "lstm": ("lstm_forward", "lstm_backward", "lstm_persist_forward", "lstm_persist_backward"),
+    "step": _per_cell("step_forward", "step_backward"),
+    "persist": _per_cell("persist_forward", "persist_backward"),
     "lstmp": ("lstmp_forward_cell", "lstmp_forward_proj", "lstmp_backward_in",
               "lstmp_backward_cell"),
-    "gru": ("gru_forward", "gru_backward", "grurb_forward_rz", "grurb_forward_n",
-            "grurb_backward_n", "grurb_backward_r", "gru_persist_forward",
-            "gru_persist_backward"),
+    "grurb": ("grurb_forward_rz", "grurb_forward_n", "grurb_backward_n", "grurb_backward_r"),
     "util": ("gather_steps",),
 }
 COMMON_HEADER = "common.cuh"
@@ -109,8 +120,51 @@ def module_spec(source: str, ctype: str) -> tuple[str, tuple[str, ...], tuple[st
     if ctype not in STORAGE_CTYPES.values():
         raise ValueError(f"ctype: expected one of {', '.join(STORAGE_CTYPES.values())}, "
                          f"got {ctype!r}")
-    names = tuple(f"{k}<{ctype}>" for k in KERNELS.get(source, ()))
+    names = tuple(name_expression(k, ctype) for k in KERNELS.get(source, ()))
     return kernel_source(source), NVRTC_OPTIONS, names
+
+
+def name_expression(kernel: str, ctype: str) -> str:
+    """``kernel`` (a name of KERNELS) instantiated for the storage type ``ctype``:
+    "gather_steps" -> "gather_steps<float>", "step_forward<LstmCell>" ->
+    "step_forward<LstmCell, float>"."""
+    if kernel.endswith(">"):
+        return f"{kernel[:-1]}, {ctype}>"
+    return f"{kernel}<{ctype}>"
+
+
+_DEFINE = re.compile(r"^#define\s+([A-Z][A-Z0-9_]*)\s+(\d+)\b", re.MULTILINE)
+_STRUCT = re.compile(r"^struct\s+(\w+)\s*\{(.*?)^\};", re.MULTILINE | re.DOTALL)
+_CONSTANT = re.compile(r"static\s+constexpr\s+(int|bool)\s+(\w+)\s*=\s*(\w+)\s*;")
+_facts: dict[str, Any] = {}
+
+
+def header_constants(header: str) -> dict[str, int]:
+    """The integer ``#define``s of ``kernels/<header>``: the one place such a constant is
+    written, read here by the host code that must agree with it (persist.cuh's tile and
+    block sizes, say)."""
+    key = f"defines:{header}"
+    if key not in _facts:
+        text = kernel_dir().joinpath(header).read_text()
+        _facts[key] = {name: int(value) for name, value in _DEFINE.findall(text)}
+    return _facts[key]
+
+
+def cell_traits(cell_name: str) -> dict[str, int | bool]:
+    """The compile-time facts of a cell of ``kernels/cells.cuh`` (G, TAPE, HAS_C,
+    SPLIT_GRAD, ...), by fastrnn's cell name ("lstm") or the C++ name ("LstmCell")."""
+    if "cells" not in _facts:
+        text = kernel_dir().joinpath("cells.cuh").read_text()
+        table = {}
+        for name, body in _STRUCT.findall(text):
+            consts = {k: (int(v) if t == "int" else v == "true")
+                      for t, k, v in _CONSTANT.findall(body)}
+            if consts:
+                table[name] = consts
+        _facts["cells"] = table
+    ctype = CELL_TYPES.get(cell_name, cell_name)
+    struct = "RnnCell" if ctype in ("RnnTanh", "RnnRelu") else ctype
+    return _facts["cells"][struct]
 
 
 def compiler_options() -> tuple[str, ...]:
@@ -165,5 +219,5 @@ def function(source: str, kernel: str, dtype):
             code, options, names = module_spec(source, ctype)
             module = cupy.RawModule(code=code, options=options, name_expressions=names)
             _modules[mkey] = module
-        fn = _functions[key] = module.get_function(f"{kernel}<{ctype}>")
+        fn = _functions[key] = module.get_function(name_expression(kernel, ctype))
     return fn

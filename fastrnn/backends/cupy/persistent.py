@@ -1,180 +1,291 @@
 """Persistent kernels: the whole time loop of a forward, or of a backward, in one launch.
 
-One cooperative launch runs all T steps (``kernels/persist.cuh``): each block keeps its
-slice of U in shared memory, and the blocks synchronise between steps inside the kernel,
-so a step costs no launch and no pass of U through memory. It pays where the per-step
-path is bound by launches and small GEMMs: small batches. The kernels write the same
-tape and gradients as the per-step path, so either forward pairs with either backward.
+One cooperative launch of ``kernels/persist.cu`` runs all T steps: each block keeps its
+slice of U in shared memory for the whole sequence and the blocks meet at a barrier once
+per step, so a step costs no launch, no host work and no pass of U through memory. The
+kernels write the same tape and gradients as the per-step path (:mod:`.steps`), so either
+forward pairs with either backward.
 
-``config.cupy_persistent`` (``FASTRNN_CUPY_PERSISTENT``) chooses: "0" (the default until
-the crossover against the per-step path is measured on hardware) never; "1" whenever the
-size fits the device (a failed launch is then an error); "auto" when B and H are at most
-``config.cupy_persistent_max_batch`` / ``_max_hidden`` and the size fits, falling back to
-the per-step path if the launch is refused. gru_reset_before always takes the per-step
-path (its second product depends on r, which would need a second grid barrier per step).
+The planner (:func:`plan`) splits the batch into groups and the hidden units of each group
+over blocks, sizes the shared memory, and estimates the time of a step for every split
+that fits the device with a simple model of what a step costs (:class:`StepCosts`); the
+cheapest wins. Batch groups never wait for each other, and a group of one block needs no
+barrier at all, so small sizes run on few blocks and large ones on every multiprocessor.
+
+``config.cupy_persistent`` (``FASTRNN_CUPY_PERSISTENT``) chooses: "auto" (the default) takes
+the persistent kernels where the plan's estimate beats the per-step path's, "1" wherever a
+plan fits the device (else the per-step path), "0" never. A launch the device refuses for
+room is the only failure that falls back to the per-step path ("auto" only); any other
+error propagates. gru_reset_before and lstmp always take the per-step path (their
+second product per step depends on the first, which would need a second barrier per step).
 """
 
 from __future__ import annotations
 
+import math
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 
 from ...core import config
 from ..base import ForwardOut
+from . import device
 from .lib import cupy
-from .nvrtc import function
-from .steps import NULL, Saved
+from .nvrtc import CELL_TYPES, cell_traits, function, header_constants
+from .steps import NULL, Saved, acc_dtype
 
-__all__ = ["persistent_plan", "plan_for_call", "persistent_forward", "persistent_backward"]
-
-_PERSIST_THREADS = 256
-_PERSIST_TS = 65               # PERSIST_TS of persist.cuh: row stride of the staged tile
-_PERSIST_R = 8                 # PERSIST_R: outputs per thread at most
-_PERSIST_CELLS = {"rnn_tanh": ("rnn", 1), "rnn_relu": ("rnn", 1), "lstm": ("lstm", 4),
-                  "gru": ("gru", 3)}
-# per-unit shared-memory arrays of each backward kernel (rec, carry, dc, direct)
-_PERSIST_BACKWARD_STATE = {"rnn": 3, "lstm": 4, "gru": 3}
-_device_limits_cache: dict[int, tuple[int, int, bool]] = {}
+__all__ = ["PersistPlan", "StepCosts", "plan", "plan_for_call", "persistent_forward",
+           "persistent_backward", "persist_constants"]
 
 
-def _persist_mode() -> str:
-    mode = str(config.cupy_persistent).strip().lower()
-    return mode if mode in ("0", "1", "auto") else "0"
+def persist_constants() -> dict[str, int]:
+    """PERSIST_TILE, PERSIST_PREFETCH, PERSIST_MAX_THREADS, PERSIST_BAR_STRIDE of
+    kernels/persist.cuh, where they are written."""
+    return header_constants("persist.cuh")
 
 
-def _device_limits() -> tuple[int, int, bool]:
-    """(multiprocessors, opt-in shared memory per block in bytes, cooperative launch)."""
-    rt = cupy.cuda.runtime
-    device = rt.getDevice()
-    limits = _device_limits_cache.get(device)
-    if limits is None:
-        attr = lambda name, number: rt.deviceGetAttribute(              # noqa: E731
-            getattr(rt, name, number), device)
-        limits = (attr("cudaDevAttrMultiProcessorCount", 16),
-                  attr("cudaDevAttrMaxSharedMemoryPerBlockOptin", 97),
-                  bool(attr("cudaDevAttrCooperativeLaunch", 95)))
-        _device_limits_cache[device] = limits
-    return limits
+@dataclass(frozen=True)
+class StepCosts:
+    """The planner's model of one step of a persistent kernel on one block, in µs.
+
+    barrier: the group barrier when a group has more than one block; l2_latency: the first
+    bytes of the staged operand from L2; l2_bytes_per_us: one multiprocessor's share of L2
+    bandwidth; fma_per_us: one multiprocessor's float32 multiply-adds in block_matvec
+    (float64 at half that); sync: one __syncthreads; pointwise: the cell's pass over the
+    block's units. Leads from the first H200 run (shared/gpu-first-run: barrier 1.7-1.9 µs,
+    barrier + broadcast 2.3-4.4 µs for 32-256 KB); the sweep of bench/gpu_persist_sweep.py
+    measures them (bench/README.md).
+    """
+
+    barrier: float = 1.5
+    l2_latency: float = 0.6
+    l2_bytes_per_us: float = 1.0e5
+    fma_per_us: float = 1.0e5
+    sync: float = 0.05
+    pointwise: float = 0.5
+    host_per_step: float = 35.0          # the per-step path: Python and CuPy per step
+    gemm_flops_per_us: float = 3.0e7     # its cuBLAS products (30 TFLOP/s)
 
 
-def persistent_plan(cell, B: int, H: int, dtype, backward: bool):
-    """(blocks, hidden units per block, shared-memory bytes) of the persistent kernel of
-    ``cell`` for this size on the current device, or None if it has none (gru_reset_before)
-    or the size does not fit (one block per multiprocessor, U's slice in shared memory)."""
-    if cell.name not in _PERSIST_CELLS:
+COSTS = StepCosts()
+
+
+@dataclass(frozen=True)
+class PersistPlan:
+    """One launch of a persistent kernel: the grid, and the geometry and shared-memory
+    carve-up the kernel reads from its arguments (see kernels/persist.cu).
+
+    groups x group_blocks blocks of ``threads`` threads; a group owns ``rows`` batch rows,
+    a block ``nj`` hidden units; the block's product is rs x cs outputs over k-tiles of
+    ``kt`` columns staged with row stride ``kstride``; element offsets of the regions of
+    dynamic shared memory (W at 0); ``smem`` bytes in all; ``step_us`` the model's estimate.
+    """
+
+    groups: int
+    group_blocks: int
+    threads: int
+    rows: int
+    nj: int
+    rs: int
+    cs: int
+    kt: int
+    kstride: int
+    off_out: int
+    off_units: int
+    off_scratch: int
+    smem: int
+    step_us: float
+
+    @property
+    def blocks(self) -> int:
+        return self.groups * self.group_blocks
+
+    def kernel_args(self) -> tuple:
+        """The geometry arguments of persist_forward / persist_backward, in their order."""
+        return tuple(np.int32(v) for v in (
+            self.group_blocks, self.nj, self.rows, self.rs, self.cs, self.kt, self.kstride,
+            self.off_out, self.off_scratch, self.off_units))
+
+
+def _ceil(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _round(a: int, m: int) -> int:
+    return _ceil(a, m) * m
+
+
+def _layout(cell, B: int, H: int, itemsize: int, acc_size: int, backward: bool,
+            groups: int, group_blocks: int, smem_limit: int, costs: StepCosts,
+            max_kt: int | None = None):
+    """The plan for ``groups`` batch groups of ``group_blocks`` blocks, or None if it does
+    not fit (shared memory, or more output tiles than threads). ``max_kt`` caps the k-tile
+    (a multiple of 4; the tests use it to run several tiles on small sizes)."""
+    k = persist_constants()
+    tile, threads = k["PERSIST_TILE"], k["PERSIST_MAX_THREADS"]
+    rows = _ceil(B, groups)
+    groups = _ceil(B, rows)
+    nj = _ceil(H, group_blocks)
+    group_blocks = _ceil(H, nj)
+    G = cell.num_gates
+    K, C = (G * H, nj) if backward else (H, G * nj)
+    cs = _round(C, 4)
+    rs = 1 if rows == 1 else _round(rows, tile)
+    tr = 1 if rs == 1 else tile
+    tiles = (rs // tr) * (cs // 4)
+    if tiles > threads:
         return None
-    source, G = _PERSIST_CELLS[cell.name]
-    sms, max_smem, cooperative = _device_limits()
-    if not cooperative:
+    nks = 1 if tiles >= threads else threads // tiles
+    Kp = _round(K, 4)
+    w, out = Kp * cs, rs * cs
+    units = (3 if backward else 2) * rows * nj
+    partial = nks * tiles * tr * 4 if nks > 1 else 0
+    off_out = _round(w, 4)
+    off_units = off_out + _round(out, 4)
+    off_scratch = off_units + _round(units, 4)
+
+    def smem_for(kt):
+        return (off_scratch + _round(max(rs * (kt + 4), partial), 4)) * acc_size
+
+    kt = Kp if max_kt is None else min(Kp, max_kt)
+    while smem_for(kt) > smem_limit:
+        kt = (kt // 2) // 32 * 32
+        if kt < 32:
+            return None
+    k_tiles = _ceil(Kp, kt)
+    fma = costs.fma_per_us * (0.5 if acc_size == 8 else 1.0)
+    step = ((costs.barrier if group_blocks > 1 else 0.0) + costs.l2_latency
+            + rows * K * itemsize / costs.l2_bytes_per_us + rs * cs * Kp / fma
+            + costs.sync * (2 * k_tiles + 2) + costs.pointwise)
+    return PersistPlan(groups, group_blocks, threads, rows, nj, rs, cs, kt, kt + 4, off_out,
+                       off_units, off_scratch, smem_for(kt), step)
+
+
+def plan(cell, B: int, H: int, dtype, backward: bool, limits=None,
+         costs: StepCosts = COSTS, split=None, max_kt: int | None = None):
+    """The cheapest :class:`PersistPlan` for ``cell`` at batch B and hidden size H in storage
+    ``dtype`` on the current device (``limits``: a :class:`device.DeviceLimits`), or None
+    if the cell has no persistent kernel or no split fits. ``split`` = (groups,
+    blocks per group) forces one split (``config.cupy_persistent_split``)."""
+    if cell.name not in CELL_TYPES:
         return None
-    nj = -(-H // sms)                          # fewest units per block on one block per SM
-    blocks = -(-H // nj)
-    NT = _PERSIST_THREADS
-    if backward:
-        outputs = B * nj
-        elems = G * H * nj + B * _PERSIST_TS + NT + _PERSIST_BACKWARD_STATE[source] * B * nj
+    limits = limits or device.limits()
+    if not limits.cooperative:
+        return None
+    dtype = np.dtype(dtype)
+    acc_size = acc_dtype(dtype).itemsize
+    sms = limits.multiprocessors
+    if split is not None:
+        candidates = [tuple(split)]
     else:
-        outputs = B * G * nj
-        elems = H * G * nj + B * _PERSIST_TS + NT + B * G * nj
-    smem = elems * (8 if dtype.itemsize == 8 else 4)
-    if outputs > _PERSIST_R * NT or smem > max_smem:
-        return None
-    return blocks, nj, smem
+        pow2 = [1 << i for i in range(int(math.log2(max(sms, 1))) + 1)]
+        candidates = [(g, n) for g in pow2 if g <= B
+                      for n in sorted(set(pow2 + [sms // g])) if 1 <= n and g * n <= sms]
+    best = None
+    for groups, blocks in candidates:
+        p = _layout(cell, B, H, dtype.itemsize, acc_size, backward, groups, blocks,
+                    limits.smem_per_block, costs, max_kt)
+        if p is not None and p.blocks <= sms and (best is None or p.step_us < best.step_us):
+            best = p
+    return best
+
+
+def per_step_us(cell, B: int, H: int, backward: bool, costs: StepCosts = COSTS) -> float:
+    """The model's time of one step of the per-step path: the host's Python and CuPy, or
+    the device's product, whichever is longer."""
+    gemm = 2 * B * H * cell.num_gates * H / costs.gemm_flops_per_us
+    return max(costs.host_per_step, gemm + costs.pointwise)
+
+
+def _mode() -> str:
+    mode = str(config.cupy_persistent).strip().lower()
+    if mode not in ("0", "1", "auto"):
+        raise ValueError(f"config.cupy_persistent (FASTRNN_CUPY_PERSISTENT): expected '0', "
+                         f"'1' or 'auto', got {config.cupy_persistent!r}")
+    return mode
 
 
 def plan_for_call(cell, B: int, H: int, dtype, backward: bool):
-    """The plan to run now (FASTRNN_CUPY_PERSISTENT), or None for the per-step path."""
-    mode = _persist_mode()
-    if mode == "0" or (mode == "auto" and (B > config.cupy_persistent_max_batch
-                                             or H > config.cupy_persistent_max_hidden)):
+    """The plan to run now under ``config.cupy_persistent``, or None for the per-step path."""
+    mode = _mode()
+    if mode == "0":
         return None
-    return persistent_plan(cell, B, H, dtype, backward)
+    p = plan(cell, B, H, dtype, backward, split=config.cupy_persistent_split)
+    if p is None or (mode == "auto" and p.step_us >= per_step_us(cell, B, H, backward)):
+        return None
+    return p
 
 
-def _launch_persistent(fn, plan, args) -> bool:
-    """Cooperative launch of a persistent kernel. False if the device refuses the grid
-    in "auto" mode (the caller then takes the per-step path); an error in mode "1".
-
-    All ``blocks`` must be resident at once (the kernel synchronises them): the launch
-    goes ahead only if the occupancy calculator allows them, and CuPy's habit of
-    shrinking a too-large cooperative grid with a warning is turned into an error.
-    """
-    blocks, _, smem = plan
-    try:
-        if smem > 48 * 1024:
-            fn.max_dynamic_shared_size_bytes = smem
-        kernel = fn.kernel
-        per_sm = cupy.cuda.driver.occupancyMaxActiveBlocksPerMultiprocessor(
-            kernel.ptr, _PERSIST_THREADS, smem)
-        if per_sm * _device_limits()[0] < blocks:
-            raise RuntimeError(f"the persistent kernel needs {blocks} resident blocks; the "
-                               f"device holds {per_sm} per multiprocessor")
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            kernel((blocks,), (_PERSIST_THREADS,), args, shared_mem=smem,
-                   enable_cooperative_groups=True)
-    except Exception:
-        if _persist_mode() == "1":
-            raise
+def _launch(fn, p: PersistPlan, args) -> bool:
+    """Cooperative launch of a persistent kernel. False, in "auto" mode, when the device
+    cannot hold every block at once (the caller then takes the per-step path); in mode "1"
+    that is an error. Errors of the launch itself always propagate."""
+    resident = device.resident_blocks(fn, p.threads, p.smem)
+    if resident < p.blocks:
+        if _mode() == "1":
+            raise RuntimeError(f"the persistent kernel needs {p.blocks} blocks of {p.threads} "
+                               f"threads and {p.smem} bytes of shared memory resident at once; "
+                               f"the device holds {resident}")
         return False
+    with warnings.catch_warnings():
+        # CuPy shrinks a cooperative grid it deems too large, with a warning: the kernel's
+        # barrier would then wait forever, so that warning is an error here.
+        warnings.simplefilter("error")
+        fn((p.blocks,), (p.threads,), args, shared_mem=p.smem, enable_cooperative_groups=True)
     return True
 
 
-def persistent_forward(st, cell, xw, p, h0, c0, out, training, plan):
-    """All steps in one launch; a ForwardOut, or None when the launch was refused.
+def _kernel(cell, which: str, dtype):
+    return function("persist", f"persist_{which}<{CELL_TYPES[cell.name]}>", dtype)
+
+
+def _barriers(p: PersistPlan):
+    return cupy.zeros(p.groups * persist_constants()["PERSIST_BAR_STRIDE"], dtype=cupy.uint32)
+
+
+def persistent_forward(st, cell, xw, p, h0, c0, out, training, pp: PersistPlan):
+    """All steps in one launch: a ForwardOut, or None when the device refused the grid.
     xw (T, B, G*H) is in ``st.acc`` (float32 for 16-bit storage), as the kernels read it."""
-    source, _ = _PERSIST_CELLS[cell.name]
+    traits = cell_traits(cell.name)
     T, B, H, dt = st.T, st.B, st.H, st.dtype
     slots = T + 1 if training else 2
     hs = cupy.empty((slots, B, H), dtype=dt)
     hs[0] = h0
     cs = None
-    if cell.name == "lstm":
+    if traits["HAS_C"]:
         cs = cupy.empty((slots, B, H), dtype=dt)
         cs[0] = c0
-    gates = None
-    if training and cell.name in ("lstm", "gru"):
-        gates = cupy.empty((T, B, 4 * H), dtype=dt)
-    bar = cupy.zeros(2, dtype=cupy.uint32)
-    tail = (st.lens_arg, np.int32(T), np.int32(B), np.int32(H), np.int32(st.reverse),
-            np.int32(training), np.int32(plan[1]), bar)
-    g_arg = NULL if gates is None else gates
-    if cell.name == "lstm":
-        args = (xw, p["b"], p["U"], hs, cs, out, g_arg) + tail
-    elif cell.name == "gru":
-        args = (xw, p["b"], p["bn"], p["U"], hs, out, g_arg) + tail
-    else:
-        args = (xw, p["b"], p["U"], hs, out) + tail + (np.int32(cell.nonlinearity == "relu"),)
-    if not _launch_persistent(function(source, f"{source}_persist_forward", dt), plan, args):
+    tape = None
+    if training and traits["TAPE"]:
+        tape = cupy.empty((T, B, traits["TAPE"] * H), dtype=dt)
+    args = ((xw, p["b"], p["bn"] if traits["BIAS_N"] else NULL, p["U"], hs,
+             NULL if cs is None else cs, out, NULL if tape is None else tape, st.lens_arg,
+             np.int32(T), np.int32(B), np.int32(H), np.int32(st.reverse), np.int32(training))
+            + pp.kernel_args() + (_barriers(pp),))
+    if not _launch(_kernel(cell, "forward", dt), pp, args):
         return None
     last = T if training else T % 2
-    saved = Saved(hs, cs, gates, None, st.lengths) if training else None
+    saved = Saved(hs, cs, tape, None, st.lengths) if training else None
     return ForwardOut(out, hs[last].copy(), None if cs is None else cs[last].copy(), saved)
 
 
-def persistent_backward(st, cell, saved, p, dh_arg, dh_n, dc_n, plan):
+def persistent_backward(st, cell, saved, p, dh_arg, dh_n, dc_n, pp: PersistPlan):
     """All steps of the backward in one launch: (dgx, dgr, dh0, dc0) for finish_backward,
-    or None when the launch was refused."""
-    source, G = _PERSIST_CELLS[cell.name]
+    or None when the device refused the grid."""
+    traits = cell_traits(cell.name)
     T, B, H, dt = st.T, st.B, st.H, st.dtype
+    G = cell.num_gates
+    dg_rec = cupy.empty((T, B, G * H), dtype=dt)
+    dg_x = cupy.empty((T, B, G * H), dtype=dt) if traits["SPLIT_GRAD"] else None
     dh0 = cupy.empty((B, H), dtype=dt)
-    dc0 = cupy.empty((B, H), dtype=dt) if cell.name == "lstm" else None
-    bar = cupy.zeros(2, dtype=cupy.uint32)
-    tail = (st.lens_arg, np.int32(T), np.int32(B), np.int32(H), np.int32(st.reverse),
-            np.int32(plan[1]), bar)
-    dhn_arg = NULL if dh_n is None else dh_n
-    dgx = cupy.empty((T, B, G * H), dtype=dt)
-    dgr = dgx
-    if cell.name == "lstm":
-        args = (dh_arg, dhn_arg, NULL if dc_n is None else dc_n, saved.gates, saved.cs,
-                p["U"], dgx, dh0, dc0) + tail
-    elif cell.name == "gru":
-        dgr = cupy.empty((T, B, G * H), dtype=dt)
-        args = (dh_arg, dhn_arg, saved.gates, saved.hs, p["U"], dgr, dgx, dh0) + tail
-    else:
-        args = (dh_arg, dhn_arg, saved.hs, p["U"], dgx, dh0) + tail + (
-            np.int32(cell.nonlinearity == "relu"),)
-    if not _launch_persistent(function(source, f"{source}_persist_backward", dt), plan, args):
+    dc0 = cupy.empty((B, H), dtype=dt) if traits["HAS_C"] else None
+    args = ((dh_arg, NULL if dh_n is None else dh_n, NULL if dc_n is None else dc_n,
+             NULL if saved.gates is None else saved.gates, saved.hs,
+             NULL if saved.cs is None else saved.cs, p["U"], dg_rec,
+             NULL if dg_x is None else dg_x, dh0, NULL if dc0 is None else dc0, st.lens_arg,
+             np.int32(T), np.int32(B), np.int32(H), np.int32(st.reverse))
+            + pp.kernel_args() + (_barriers(pp),))
+    if not _launch(_kernel(cell, "backward", dt), pp, args):
         return None
-    return dgx, dgr, dh0, dc0
+    return (dg_rec if dg_x is None else dg_x), dg_rec, dh0, dc0

@@ -2,7 +2,7 @@
 
 Forward: ``xw = x @ W`` for all T*B rows is one GEMM before the loop; per step s,
 ``hu = h @ U`` is one ``cublasGemmEx`` call into a buffer allocated once, then ONE kernel
-of ``kernels/<cell>.cu`` adds ``xw`` and the bias, applies the gates, updates the state,
+of ``kernels/step.cu`` (``kernels/grurb.cu``, ``kernels/lstmp.cu``) adds ``xw`` and the bias, applies the gates, updates the state,
 masks by ``lengths``, indexes time in reverse where asked and writes the tape.
 ``gru_reset_before`` needs two GEMM + kernel pairs per step, since its ``(r * h) @ U_n``
 depends on ``r``. Backward mirrors it: per step one kernel turns the state gradient into
@@ -32,7 +32,7 @@ import numpy as np
 
 from ..base import BackwardOut
 from .lib import cupy
-from .nvrtc import function
+from .nvrtc import CELL_TYPES, cell_traits, function
 
 
 THREADS = 256
@@ -292,62 +292,55 @@ def transposed(a):
 # Forward loops: per step one GEMM into `hu` (two for gru_reset_before) and one kernel.
 # Backward loops (s = T-1 .. 0): one kernel writes the gate gradients of step s, then
 # `rec` = their product with U^T; `direct` and `rec` together are the state gradient.
+# rnn_tanh, rnn_relu, lstm and gru share one loop over the kernels of kernels/step.cu.
 
-def rnn_forward(st, xw, p, hs, out, relu):
-    fn = function("rnn", "rnn_forward", st.dtype)
-    B, H = st.B, st.H
+def cell_forward(st, cell, xw, p, hs, cs, out, training):
+    """rnn_tanh, rnn_relu, lstm, gru: per step one GEMM (hu = h_prev @ U) and one
+    ``step_forward`` kernel. Returns the tape (T, B, TAPE*H), or None (inference, or a cell
+    that keeps none). cs: the cell state's StateSeq, or None."""
+    traits = cell_traits(cell.name)
+    fn = function("step", f"step_forward<{CELL_TYPES[cell.name]}>", st.dtype)
+    B, H, GH = st.B, st.H, cell.num_gates * st.H
     U = addr(p["U"])
-    hu = cupy.empty((B, H), dtype=st.acc)
-    hu_p, flag = addr(hu), np.int32(relu)
-    for s in range(st.T):
-        hp, hn = hs.prev(s), hs.next(s)
-        st.gemm(int(hp), U, hu_p, B, H, H)
-        fn(st.grid, st.block, (xw, p["b"], hu, hp, hn, out) + st.tail(s) + (flag,))
-    return None
-
-
-def rnn_backward(st, saved, p, dh_arg, direct, rec, relu):
-    fn = function("rnn", "rnn_backward", st.dtype)
-    B, H = st.B, st.H
-    UT = transposed(p["U"])                                   # (H, H)
-    dg = cupy.empty((st.T, B, H), dtype=st.dtype)
-    hs, dgs = Seq(saved.hs), Seq(dg)
-    UT_p, rec_p, flag = addr(UT), addr(rec), np.int32(relu)
-    for s in reversed(range(st.T)):
-        fn(st.grid, st.block, (dh_arg, direct, direct, rec, hs(s + 1), dgs(s)) + st.tail(s)
-           + (flag,))
-        st.gemm(int(dgs(s)), UT_p, rec_p, B, H, H)
-    return dg
-
-
-def lstm_forward(st, xw, p, hs, cs, out, training):
-    fn = function("lstm", "lstm_forward", st.dtype)
-    B, H = st.B, st.H
-    U = addr(p["U"])
-    hu = cupy.empty((B, 4 * H), dtype=st.acc)
+    hu = cupy.empty((B, GH), dtype=st.acc)
     hu_p = addr(hu)
-    gates = cupy.empty((st.T, B, 4 * H), dtype=st.dtype) if training else None
-    gs = Seq(gates) if training else (lambda s: NULL)
+    width = traits["TAPE"] * H
+    tape = cupy.empty((st.T, B, width), dtype=st.dtype) if training and width else None
+    ts = Seq(tape) if tape is not None else (lambda s: NULL)
+    bn = p["bn"] if traits["BIAS_N"] else NULL
+    c_prev = cs.prev if cs is not None else (lambda s: NULL)
+    c_next = cs.next if cs is not None else (lambda s: NULL)
     for s in range(st.T):
         hp = hs.prev(s)
-        st.gemm(int(hp), U, hu_p, B, 4 * H, H)
-        fn(st.grid, st.block,
-           (xw, p["b"], hu, hp, hs.next(s), cs.prev(s), cs.next(s), out, gs(s)) + st.tail(s))
-    return gates
+        st.gemm(int(hp), U, hu_p, B, GH, H)
+        fn(st.grid, st.block, (xw, p["b"], bn, hu, hp, hs.next(s), c_prev(s), c_next(s), out,
+                               ts(s)) + st.tail(s))
+    return tape
 
 
-def lstm_backward(st, saved, p, dh_arg, direct, rec, dc):
-    fn = function("lstm", "lstm_backward", st.dtype)
-    B, H = st.B, st.H
-    UT = transposed(p["U"])                                   # (4H, H)
-    dg = cupy.empty((st.T, B, 4 * H), dtype=st.dtype)
-    gs, cs, dgs = Seq(saved.gates), Seq(saved.cs), Seq(dg)
+def cell_backward(st, cell, saved, p, dh_arg, direct, rec, dc):
+    """The backward of :func:`cell_forward`, s = T-1 .. 0: per step one ``step_backward``
+    kernel writes the gate gradients of the step, then ``rec`` = dg_rec[s] @ U^T.
+    Returns (dg_x, dg_rec) (T, B, G*H): the gradients of x @ W + b and of h_prev @ U
+    (+ bn), one array where the cell does not tell them apart. dc: (B, H) or None."""
+    traits = cell_traits(cell.name)
+    fn = function("step", f"step_backward<{CELL_TYPES[cell.name]}>", st.dtype)
+    B, H, GH = st.B, st.H, cell.num_gates * st.H
+    UT = transposed(p["U"])                                   # (G*H, H)
+    dg_rec = cupy.empty((st.T, B, GH), dtype=st.dtype)
+    dg_x = cupy.empty((st.T, B, GH), dtype=st.dtype) if traits["SPLIT_GRAD"] else None
+    drs = Seq(dg_rec)
+    dxs = Seq(dg_x) if dg_x is not None else (lambda s: NULL)
+    ts = Seq(saved.gates) if saved.gates is not None else (lambda s: NULL)
+    hs = Seq(saved.hs)
+    cs = Seq(saved.cs) if saved.cs is not None else (lambda s: NULL)
+    dc_arg = NULL if dc is None else dc
     UT_p, rec_p = addr(UT), addr(rec)
     for s in reversed(range(st.T)):
-        fn(st.grid, st.block,
-           (dh_arg, direct, direct, rec, dc, gs(s), cs(s), cs(s + 1), dgs(s)) + st.tail(s))
-        st.gemm(int(dgs(s)), UT_p, rec_p, B, H, 4 * H)
-    return dg
+        fn(st.grid, st.block, (dh_arg, direct, direct, rec, dc_arg, ts(s), hs(s), hs(s + 1),
+                               cs(s), cs(s + 1), drs(s), dxs(s)) + st.tail(s))
+        st.gemm(int(drs(s)), UT_p, rec_p, B, H, GH)
+    return (dg_rec if dg_x is None else dg_x), dg_rec
 
 
 def _cell_tail(st, s: int, C: int) -> tuple:
@@ -403,40 +396,9 @@ def lstmp_backward(st, saved, p, dh_arg, direct, rec, dc):
     return dg, dH
 
 
-def gru_forward(st, xw, p, hs, out, training):
-    fn = function("gru", "gru_forward", st.dtype)
-    B, H = st.B, st.H
-    U = addr(p["U"])
-    hu = cupy.empty((B, 3 * H), dtype=st.acc)
-    hu_p = addr(hu)
-    gates = cupy.empty((st.T, B, 4 * H), dtype=st.dtype) if training else None
-    gs = Seq(gates) if training else (lambda s: NULL)
-    for s in range(st.T):
-        hp = hs.prev(s)
-        st.gemm(int(hp), U, hu_p, B, 3 * H, H)
-        fn(st.grid, st.block,
-           (xw, p["b"], p["bn"], hu, hp, hs.next(s), out, gs(s)) + st.tail(s))
-    return gates
-
-
-def gru_backward(st, saved, p, dh_arg, direct, rec):
-    fn = function("gru", "gru_backward", st.dtype)
-    B, H = st.B, st.H
-    UT = transposed(p["U"])                                   # (3H, H)
-    dg_rec = cupy.empty((st.T, B, 3 * H), dtype=st.dtype)
-    dg_x = cupy.empty((st.T, B, 3 * H), dtype=st.dtype)
-    gs, hs, drs, dxs = Seq(saved.gates), Seq(saved.hs), Seq(dg_rec), Seq(dg_x)
-    UT_p, rec_p = addr(UT), addr(rec)
-    for s in reversed(range(st.T)):
-        fn(st.grid, st.block,
-           (dh_arg, direct, direct, rec, gs(s), hs(s), drs(s), dxs(s)) + st.tail(s))
-        st.gemm(int(drs(s)), UT_p, rec_p, B, H, 3 * H)
-    return dg_x, dg_rec
-
-
 def grurb_forward(st, xw, p, hs, out, training):
-    fn_rz = function("gru", "grurb_forward_rz", st.dtype)
-    fn_n = function("gru", "grurb_forward_n", st.dtype)
+    fn_rz = function("grurb", "grurb_forward_rz", st.dtype)
+    fn_n = function("grurb", "grurb_forward_n", st.dtype)
     B, H = st.B, st.H
     U_rz = cupy.ascontiguousarray(p["U"][:, :2 * H])          # (H, 2H)
     U_n = cupy.ascontiguousarray(p["U"][:, 2 * H:])           # (H, H)
@@ -458,8 +420,8 @@ def grurb_forward(st, xw, p, hs, out, training):
 
 
 def grurb_backward(st, saved, p, dh_arg, direct, rec):
-    fn_n = function("gru", "grurb_backward_n", st.dtype)
-    fn_r = function("gru", "grurb_backward_r", st.dtype)
+    fn_n = function("grurb", "grurb_backward_n", st.dtype)
+    fn_r = function("grurb", "grurb_backward_r", st.dtype)
     B, H = st.B, st.H
     U_rzT = transposed(p["U"][:, :2 * H])                    # (2H, H)
     U_nT = transposed(p["U"][:, 2 * H:])                     # (H, H)
