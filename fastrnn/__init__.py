@@ -5,7 +5,9 @@ and ``cupy`` (GPU). The public names live here and at a few flat module paths
 (``fastrnn.torch``, ``fastrnn.convert``, ``fastrnn.notebook``, ``fastrnn.dask``); the code
 lives in one subpackage per layer:
 
-* ``fastrnn.core`` — the contract: cell math, the API, validation, tolerances, config;
+* ``fastrnn.core`` — the contract: cell math, validation, result objects, tolerances,
+  config (it imports no backend);
+* ``fastrnn.api`` — forward, backward, readout, prepare: checks, then dispatch to a backend;
 * ``fastrnn.backends`` — one folder per backend behind a small protocol, and a registry;
 * ``fastrnn.layers`` — objects built on the API that hold parameters or state (layers,
   stacks, the Stepper);
@@ -31,12 +33,12 @@ def _tune_openblas_before_numpy() -> None:
 _tune_openblas_before_numpy()
 
 from .core import cells  # noqa: E402
-from .core.api import (ForwardResult, Gradients, ReadoutTape, Tape, backward,  # noqa: E402
-                       forward, readout, readout_backward)
+from .api import backward, forward, prepare, readout, readout_backward  # noqa: E402
 from .backends import (BackendUnavailableError, available_backends,  # noqa: E402
                        unavailable_reasons)
 from .core.cells import CELLS, get_cell  # noqa: E402
-from .core.prepared import PreparedWeights, prepare  # noqa: E402
+from .core.prepared import PreparedWeights  # noqa: E402
+from .core.results import ForwardResult, Gradients, ReadoutTape, Tape  # noqa: E402
 from .layers import (GRU, LSTM, RNN, Layer, Stack, Stepper,  # noqa: E402
                      init_stack_params, stack_backward, stack_forward)
 

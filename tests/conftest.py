@@ -82,6 +82,19 @@ def any_backend(request):
     return use_backend(request, request.param)
 
 
+def to_backend(backend, a):
+    """A NumPy array (or a dict of them, or None) as an array of backend ``backend`` (the
+    cupy backend's arrays for "cupy", the emulated ones included): fastrnn refuses host and
+    device arrays side by side, so a test that mixes results with its own inputs moves
+    them first, as a user would."""
+    if a is None:
+        return None
+    xp = get_backend(backend).xp
+    if isinstance(a, dict):
+        return {k: xp.asarray(v) for k, v in a.items()}
+    return xp.asarray(a)
+
+
 def make_upstream(rng, cell, T, B, H, dtype="float64"):
     """Random upstream gradients (dh (T,B,H), dh_n (B,H), dc_n (B,H) or None) for one forward."""
     return random_problem(rng, cell, T, B, 1, H, dtype).upstream

@@ -19,7 +19,7 @@ import pytest
 import fastrnn
 from fastrnn.backends import auto_backend_name
 from fastrnn.core.cells import CELLS
-from conftest import make_problem, make_upstream, record_error, require_backend
+from conftest import make_problem, make_upstream, record_error, require_backend, to_backend
 from assertions import assert_close
 
 MODES = {"plain": (False, False), "lengths": (True, False), "reverse": (False, True),
@@ -214,18 +214,20 @@ def _single_step_chain(backend, cell, x, params, h0, c0, reverse, dh, dh_n, dc_n
     """forward one step at a time (feeding h_n, c_n back in), then backward chained by hand."""
     T = x.shape[0]
     order = range(T - 1, -1, -1) if reverse else range(T)
-    h, c, tapes = h0, c0, []
+    on = lambda a: to_backend(backend, a)              # noqa: E731 - results feed back in
+    h, c, tapes = on(h0), on(c0), []
+    xb, pb, dhb = on(x), on(params), on(dh)
     outs = np.zeros((T,) + h0.shape, dtype=x.dtype)
     for t in order:
-        r = fastrnn.forward(cell, x[t:t + 1], params, h, c, backend=backend)
+        r = fastrnn.forward(cell, xb[t:t + 1], pb, h, c, backend=backend)
         outs[t] = _np(r.h)[0]
         h, c = r.h_n, r.c_n
         tapes.append((t, r.tape))
     dx = np.zeros_like(x)
     dparams = {k: np.zeros_like(v) for k, v in params.items()}
-    dh_c, dc_c = dh_n, dc_n
+    dh_c, dc_c = on(dh_n), on(dc_n)
     for t, tape in reversed(tapes):
-        g = fastrnn.backward(tape, dh[t:t + 1], dh_c, dc_c)
+        g = fastrnn.backward(tape, dhb[t:t + 1], dh_c, dc_c)
         dx[t] = _np(g.dx)[0]
         dh_c, dc_c = g.dh0, g.dc0
         for k in dparams:
@@ -270,7 +272,7 @@ def test_environment_variable_overrides_auto(backend, monkeypatch):
     monkeypatch.setattr(fastrnn.config, "backend", backend)
     assert fastrnn.forward("lstm", x, params).tape.backend.name == backend
     layer = fastrnn.LSTM(2, 3, dtype="float64")
-    assert layer(x).tape.backend.name == backend
+    assert layer(to_backend(backend, x)).tape.backend.name == backend
 
 
 def test_environment_variables_set_the_config_at_import():
@@ -303,9 +305,9 @@ def test_layers_on_backend(backend, rng, cls, kw):
     x = rng.standard_normal((5, 2, 3))
     dh = rng.standard_normal((5, 2, 4))
     ref = ref_layer(x, lengths=[5, 2])
-    got = layer(x, lengths=[5, 2])
+    got = layer(to_backend(backend, x), lengths=[5, 2])       # the layer's arrays are there
     assert_close(got.h, ref.h, "float64", "forward", "h")
-    gr, gg = ref_layer.backward(ref, dh), layer.backward(got, dh)
+    gr, gg = ref_layer.backward(ref, dh), layer.backward(got, to_backend(backend, dh))
     assert_close(gg.dx, gr.dx, "float64", "grad", "dx")
     for k in gr.params:
         assert_close(gg.params[k], gr.params[k], "float64", "grad", f"d{k}")

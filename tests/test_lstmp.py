@@ -16,7 +16,8 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 import fastrnn
 import fastrnn.torch as frt
 from assertions import assert_close
-from conftest import record_error
+from conftest import record_error, to_backend
+from fastrnn.core.arrays import to_numpy
 from fastrnn.core.tolerances import GRADCHECK, SAME_ARITHMETIC
 from fastrnn.tools.problems import random_problem
 
@@ -49,7 +50,7 @@ def test_fast_backend_matches_reference(backend, rng, mode, dtype):
     pairs += [(f"d{k}", g1.params[k], g0.params[k], "grad") for k in g0.params]
     assert set(g1.params) == {"W", "U", "b", "Wr"}
     for what, a, b, kind in pairs:
-        err = assert_close(np.asarray(a), b, dtype, kind, f"lstmp {mode} {what}")
+        err = assert_close(to_numpy(a), b, dtype, kind, f"lstmp {mode} {what}")
         record_error(f"{backend} vs reference (lstmp, P != H) {dtype} {kind}", err)
 
 
@@ -57,11 +58,12 @@ def test_stepper_and_prepared_weights(any_backend, rng):
     p = _problem(rng, "float64", False)
     ref = fastrnn.forward("lstmp", p.x, p.params, p.h0, p.c0, backend="numpy")
     w = fastrnn.prepare("lstmp", p.params, backend=any_backend)
-    st = fastrnn.Stepper("lstmp", w, batch_size=B, h0=p.h0, c0=p.c0)
-    steps = np.stack([np.asarray(st(p.x[t])) for t in range(T)])
+    x, h0, c0 = (to_backend(any_backend, a) for a in (p.x, p.h0, p.c0))   # where w is
+    st = fastrnn.Stepper("lstmp", w, batch_size=B, h0=h0, c0=c0)
+    steps = np.stack([to_numpy(st(x[t])) for t in range(T)])
     assert_close(steps, ref.h, "float64", "forward", "steps")
     assert_close(st.c, ref.c_n, "float64", "forward", "c")
-    assert_close(fastrnn.forward("lstmp", p.x, w, p.h0, p.c0).h, ref.h, "float64", "forward",
+    assert_close(fastrnn.forward("lstmp", x, w, h0, c0).h, ref.h, "float64", "forward",
                  "prepared")
 
 

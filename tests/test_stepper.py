@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 import fastrnn
-from conftest import make_problem
+from conftest import make_problem, to_backend
+from fastrnn.core.arrays import to_numpy
 from assertions import assert_close
 
 CELLS = list(fastrnn.CELLS)
@@ -25,7 +26,8 @@ def test_steps_equal_forward_over_the_sequence(any_backend, rng, cell, B, dtype)
     x, params, h0, c0, _ = make_problem(rng, cell, T, B, I, H, dtype, states=True)
     ref = fastrnn.forward(cell, x, params, h0, c0, backend=any_backend, training=False)
     st = fastrnn.Stepper(cell, params, batch_size=B, h0=h0, c0=c0, backend=any_backend)
-    steps = np.stack([np.asarray(st(x[t])) for t in range(T)])
+    x, h0, c0 = (to_backend(any_backend, a) for a in (x, h0, c0))   # where the state lives
+    steps = np.stack([to_numpy(st(x[t])) for t in range(T)])
     assert steps.dtype == np.dtype(dtype)
     assert_close(steps, ref.h, dtype, "forward", "steps")
     assert_close(st.h, ref.h_n, dtype, "forward", "h")
@@ -35,7 +37,7 @@ def test_steps_equal_forward_over_the_sequence(any_backend, rng, cell, B, dtype)
         assert_close(st.c, ref.c_n, dtype, "forward", "c")
     # chunks of frames from the same start: 3 + 4 steps
     st.reset(h0, c0)
-    chunked = np.concatenate([st(x[:3]), st(x[3:])])
+    chunked = np.concatenate([to_numpy(st(x[:3])), to_numpy(st(x[3:]))])
     assert_close(chunked, ref.h, dtype, "forward", "chunks")
 
 

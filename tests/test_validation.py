@@ -19,7 +19,7 @@ import fastrnn
 from fastrnn import backends as backends_mod
 from fastrnn.backends import Backend, BackendUnavailableError
 from fastrnn.core.cells import CELLS, sigmoid
-from conftest import make_problem, make_upstream, run_both
+from conftest import make_problem, make_upstream, run_both, to_backend
 from fastrnn.core.tolerances import TOLERANCES
 from assertions import assert_close
 
@@ -409,8 +409,9 @@ def test_user_arrays_never_modified(any_backend, rng, cell):
     originals = [x, h0, c0, lens, dh, dh_n, dc_n, *params.values()]
     copies = [None if a is None else a.copy() for a in originals]
     res, g = _full_run(any_backend, cell, x, params, h0, c0, lens, True, dh, dh_n, dc_n)
-    y, rtape = fastrnn.readout(res.h, params["U"][:, :2], params["b"][:2], backend=any_backend)
-    fastrnn.readout_backward(rtape, np.ones_like(y))
+    p = to_backend(any_backend, {k: v.copy() for k, v in params.items()})
+    y, rtape = fastrnn.readout(res.h, p["U"][:, :2], p["b"][:2], backend=any_backend)
+    fastrnn.readout_backward(rtape, y * 0 + 1)
     for a, c in zip(originals, copies):
         assert (a is None and c is None) or np.array_equal(a, c)
     # and nothing handed back aliases an input (device results cannot)
@@ -516,10 +517,11 @@ def test_huge_preactivations_no_overflow(any_backend, rng, cell, dtype):
     with warnings.catch_warnings(), np.errstate(**RAISE_ON_ERROR):
         warnings.simplefilter("error")
         res, g = _full_run(any_backend, cell, x, params, h0, c0, lens, False, dh, dh_n, dc_n)
+        p = to_backend(any_backend, params)          # beside res.h, on the backend's device
         for act in ("softmax", "sigmoid", "linear"):
-            y, rt = fastrnn.readout(res.h * 1e4, params["U"][:, :3] * 1e2, params["b"][:3],
+            y, rt = fastrnn.readout(res.h * 1e4, p["U"][:, :3] * 1e2, p["b"][:3],
                                     act, backend=any_backend)
-            dh_r, dWy, dby = fastrnn.readout_backward(rt, np.ones_like(y))
+            dh_r, dWy, dby = fastrnn.readout_backward(rt, y * 0 + 1)
             for a in (y, dh_r, dWy, dby):
                 assert np.isfinite(_np(a)).all(), f"readout {act}: non-finite values"
     for a in [res.h, res.h_n, res.c_n, g.dx, g.dh0, g.dc0, *g.params.values()]:

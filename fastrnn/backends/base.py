@@ -68,12 +68,14 @@ class Backend:
         return params
 
     def forward(self, cell: CellSpec, x, weights, h0, c0, lengths, reverse: bool,
-                training: bool) -> ForwardOut:
-        """One pass over the sequence; ``weights`` is what :meth:`prepare` returned."""
+                training: bool, *, tf32: bool = False) -> ForwardOut:
+        """One pass over the sequence; ``weights`` is what :meth:`prepare` returned.
+        ``tf32``: float32 products may use TF32 tensor cores (a GPU backend's choice; the
+        CPU backends compute in float32 whatever it says)."""
         raise NotImplementedError
 
     def backward(self, cell: CellSpec, saved, x, weights, h0, c0, lengths, reverse: bool,
-                 dh, dh_n, dc_n) -> BackwardOut:
+                 dh, dh_n, dc_n, *, tf32: bool = False) -> BackwardOut:
         """Gradients of all inputs given the upstream gradients.
 
         dh (T, B, H) or None, dh_n (B, H) or None, dc_n (B, H) or None (LSTM only). The

@@ -10,11 +10,36 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["is_cupy_array", "is_torch_tensor", "is_foreign_array", "to_numpy"]
+__all__ = ["is_cupy_array", "is_torch_tensor", "is_foreign_array", "to_numpy", "library",
+           "where"]
 
 
 def _library(a) -> str:
     return type(a).__module__.partition(".")[0]
+
+
+def library(a) -> str | None:
+    """The library whose array ``a`` is ("numpy", "cupy", "torch", ...), or None for what
+    is no array (a list, a scalar, None)."""
+    if isinstance(a, np.ndarray) and not is_cupy_array(a):
+        return "numpy"
+    if hasattr(a, "shape") and hasattr(a, "dtype"):
+        return _library(a)
+    return None
+
+
+def where(a) -> str:
+    """Where the memory of array ``a`` is, in words: "a numpy.ndarray (host memory)",
+    "a cupy.ndarray (GPU 0)"."""
+    lib = library(a)
+    name = f"{_library(a)}.{type(a).__name__}" if lib else type(a).__name__
+    if lib == "numpy":
+        return f"a {name} (host memory)"
+    device = getattr(a, "device", None)
+    index = getattr(device, "id", getattr(device, "index", None))
+    if lib == "torch":
+        return f"a {name} (device {device})"
+    return f"a {name} (GPU {index})" if index is not None else f"a {name}"
 
 
 def is_cupy_array(a) -> bool:

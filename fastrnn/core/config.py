@@ -61,6 +61,13 @@ chunk_rows: int | None = None
 #: ``FASTRNN_OPENMP_SPIN``.
 openmp_spin: int | None = _env_spin()
 
+#: Let float32 products on the GPU use TF32 tensor cores (10-bit mantissas), as
+#: ``torch.backends.cudnn.allow_tf32`` does for torch.nn's RNNs; off (strict float32) by
+#: default. ``fastrnn.forward(..., allow_tf32=...)`` decides per call; fastrnn.torch follows
+#: torch's own switch. ``FASTRNN_ALLOW_TF32``.
+allow_tf32: bool = os.environ.get("FASTRNN_ALLOW_TF32", "0").strip().lower() in ("1", "true",
+                                                                                 "yes", "on")
+
 #: Persistent GPU kernels (cupy backend: the whole time loop in one launch): "auto" where
 #: the planner's estimate beats the per-step path, "1" wherever a plan fits the device,
 #: "0" never (fastrnn/backends/cupy/persistent.py). ``FASTRNN_CUPY_PERSISTENT``.

@@ -12,26 +12,57 @@ from typing import Mapping
 
 import numpy as np
 
-from .arrays import is_cupy_array, is_foreign_array
+from .arrays import is_cupy_array, is_foreign_array, library, where
 from .cells import CellSpec
 
 
 def describe(a) -> str:
-    """Short description of an argument for error messages."""
+    """Short description of an argument for error messages: its type, with the library
+    that made it, its shape and dtype."""
     shape = getattr(a, "shape", None)
     dtype = getattr(a, "dtype", None)
+    lib = library(a)
+    name = f"{type(a).__module__.partition('.')[0]}.{type(a).__name__}" if lib else type(a).__name__
     if shape is not None and dtype is not None:
-        return f"{type(a).__name__} of shape {tuple(shape)} and dtype {dtype}"
-    return type(a).__name__
+        return f"{name} of shape {tuple(shape)} and dtype {dtype}"
+    return name
 
 
-def as_array(xp, name: str, a):
+def place(a) -> tuple[str, str] | None:
+    """(library, where in words) of an array argument, or None for a list or scalar: what
+    :func:`check_same_place` compares, and what a tape remembers of the caller's x."""
+    lib = library(a)
+    return None if lib is None else (lib, where(a))
+
+
+def check_same_place(reference: str, ref, arrays) -> None:
+    """Every array of ``arrays`` ((name, value) pairs; None and lists skipped) is of the
+    library of ``ref`` (an array, or its :func:`place`), the argument named ``reference``,
+    usually x. fastrnn never moves an array between host and device behind the caller's
+    back (a hidden copy in every call of a loop): a NumPy array beside a CuPy x, or the
+    reverse, is a TypeError naming both, as torch refuses tensors on two devices."""
+    ref_place = ref if isinstance(ref, tuple) else place(ref)
+    if ref_place is None:
+        return
+    want, ref_where = ref_place
+    for name, a in arrays:
+        got = library(a)
+        if got is not None and got != want:
+            move = ("cupy.asarray(...)" if want == "cupy" else
+                    "cupy.asnumpy(...) or .get()" if got == "cupy" else "one library's arrays")
+            raise TypeError(f"{name}: {where(a)} beside {reference}, {ref_where}; fastrnn "
+                            f"does not move arrays between host and device on its own. Pass "
+                            f"every array where {reference} is ({move})")
+
+
+def as_array(xp, name: str, a, backend: str | None = None):
     """``a`` as an array of module ``xp``; lists become arrays, foreign array types are refused."""
     if isinstance(a, xp.ndarray):
         return a
     if is_foreign_array(a):
-        raise TypeError(f"{name}: expected a {xp.__name__}.ndarray for this backend, got "
-                        f"{describe(a)}")
+        on = f" backend {backend!r}" if backend else " this backend"
+        raise TypeError(f"{name}: expected a {xp.__name__}.ndarray for{on}, which computes on "
+                        f"{xp.__name__} arrays; got {where(a)}: {describe(a)}")
     try:
         return xp.asarray(a)
     except Exception as exc:  # noqa: BLE001 - any conversion failure is the user's input
@@ -61,9 +92,9 @@ def check_shape(name: str, a, expected: tuple, hint: str = "") -> None:
         raise ValueError(f"{name}: expected shape {tuple(expected)}{extra}, got {tuple(a.shape)}")
 
 
-def check_sequence_input(xp, x, allowed_dtypes, lengths):
+def check_sequence_input(xp, x, allowed_dtypes, lengths, backend: str | None = None):
     """x as an array of a float dtype, 3-d (T, B, I) or 2-d unbatched (T, I); (x, unbatched)."""
-    x = as_array(xp, "x", x)
+    x = as_array(xp, "x", x, backend)
     check_float("x", x, allowed_dtypes)
     if x.ndim not in (2, 3):
         raise ValueError(f"x: expected a 3-d array (T, B, I) ((B, T, I) with batch_first) or a "

@@ -54,7 +54,7 @@ except ImportError as exc:                                    # pragma: no cover
     raise ImportError("fastrnn.dask needs dask[array] (and distributed for a cluster): "
                       "pip install 'fastrnn[dask]'") from exc
 
-from ..core import api as _api
+from .. import api as _api
 from ..core.cells import get_cell
 from ..core.validation import (check_float, check_lengths, check_params, check_same_dtype,
                                describe)

@@ -71,7 +71,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..backends import auto_backend_name
-from ..core.api import backward, forward, readout, readout_backward
+from ..api import backward, forward, readout, readout_backward
 from ..core.cells import get_cell
 from ..core.validation import describe
 from . import convert

@@ -55,6 +55,18 @@ class _NumpyBridge:
         return torch.from_numpy(a)
 
 
+class _StreamProtocol:
+    """A raw CUDA stream pointer behind the CUDA stream protocol (``__cuda_stream__``)."""
+
+    __slots__ = ("pointer",)
+
+    def __init__(self, pointer: int):
+        self.pointer = pointer
+
+    def __cuda_stream__(self):
+        return (0, self.pointer)
+
+
 class _CupyBridge:
     """CUDA tensors as CuPy arrays and back through DLPack, zero-copy.
 
@@ -68,21 +80,32 @@ class _CupyBridge:
     def __init__(self):
         import cupy                                          # noqa: PLC0415 - optional
         self.cp = self.xp = cupy
+        self._streams: dict[int, object] = {}
 
     def scope(self, tensor):
         stack = contextlib.ExitStack()
         stack.enter_context(self.cp.cuda.Device(tensor.device.index))
-        stream = torch.cuda.current_stream(tensor.device)
-        stack.enter_context(self._external_stream(stream.cuda_stream))
+        stack.enter_context(self.stream(torch.cuda.current_stream(tensor.device)))
         return stack
 
-    def _external_stream(self, pointer: int):
-        """torch's stream as a CuPy stream: ``Stream.from_external`` (CuPy 14), else the
-        ``ExternalStream`` it deprecates (CuPy 13)."""
-        from_external = getattr(self.cp.cuda.Stream, "from_external", None)
-        if from_external is not None:
-            return from_external(pointer)
-        return self.cp.cuda.ExternalStream(pointer)
+    def stream(self, torch_stream):
+        """torch's stream as a CuPy stream, made once per stream pointer. CuPy 14's
+        ``Stream.from_external`` takes an object with the CUDA stream protocol
+        (``__cuda_stream__``); it is handed the pointer alone, so that no torch stream is
+        kept alive here. CuPy 13 has only ``ExternalStream(pointer)``, which 14 deprecates.
+        The device is the current one (scope enters the tensor's device first)."""
+        pointer = int(torch_stream.cuda_stream)
+        found = self._streams.get(pointer)
+        if found is None:
+            from_external = getattr(self.cp.cuda.Stream, "from_external", None)
+            if from_external is not None:
+                found = from_external(_StreamProtocol(pointer))
+            else:
+                found = self.cp.cuda.ExternalStream(pointer)
+            if len(self._streams) >= 64:            # programs that make streams per call
+                self._streams.clear()
+            self._streams[pointer] = found
+        return found
 
     def array(self, t):
         # Contiguous first: fastrnn would copy a strided array anyway, and DLPack importers

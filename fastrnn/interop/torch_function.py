@@ -14,8 +14,8 @@ import weakref
 import torch
 from torch.autograd.function import once_differentiable
 
-from ..core import api as _api
-from ..core.prepared import prepare
+from .. import api as _api
+from ..api import prepare
 from .biases import fold_biases, fold_gradients
 
 __all__ = ["Run", "WeightCache", "RecurrentFunction"]
@@ -25,11 +25,14 @@ class Run:
     """What one layer-direction call needs besides its tensors: the cell, the backend and
     bridge of the tensors' device, the prepared weights, lengths and direction."""
 
-    __slots__ = ("cell", "backend", "bridge", "weights", "lengths", "reverse", "grad_enabled")
+    __slots__ = ("cell", "backend", "bridge", "weights", "lengths", "reverse", "grad_enabled",
+                 "tf32")
 
-    def __init__(self, cell, backend, bridge, weights, lengths, reverse, grad_enabled):
+    def __init__(self, cell, backend, bridge, weights, lengths, reverse, grad_enabled,
+                 tf32=False):
         self.cell, self.backend, self.bridge, self.weights = cell, backend, bridge, weights
         self.lengths, self.reverse, self.grad_enabled = lengths, reverse, grad_enabled
+        self.tf32 = tf32
 
 
 def fastrnn_params(spec, br, w_ih, w_hh, b_ih, b_hh, w_hr=None) -> dict:
@@ -69,23 +72,26 @@ class WeightCache:
     def clear(self) -> None:
         self._refs, self._versions, self._key, self._values, self.weights = (), (), None, (), None
 
-    def get(self, spec, backend, bridge, tensors, verify_values: bool = False):
+    def get(self, spec, backend, bridge, tensors, verify_values: bool = False, dtype=None):
         """Prepared weights for ``tensors`` (weight_ih, weight_hh, bias_ih, bias_hh,
         weight_hr; biases and weight_hr may be None) on ``backend``; with ``verify_values``
-        also when their values changed without a version bump."""
+        also when their values changed without a version bump. ``dtype``: prepare them cast
+        to it (torch.autocast's dtype), else in their own."""
+        cast = tensors if dtype is None else tuple(
+            None if t is None else t.detach().to(dtype) for t in tensors)
         if any(t is not None and t.is_inference() for t in tensors):
             with bridge.scope(tensors[0]):
-                return prepare(spec, fastrnn_params(spec, bridge, *tensors), backend)
+                return prepare(spec, fastrnn_params(spec, bridge, *cast), backend)
         versions = tuple(None if t is None else (t._version, t.data_ptr(), t.dtype)
                          for t in tensors)
-        key = (backend.name, spec.name)
+        key = (backend.name, spec.name, dtype)
         same = (self.weights is not None and key == self._key and versions == self._versions
                 and all((r is None) == (t is None) and (r is None or r() is t)
                         for r, t in zip(self._refs, tensors)))
         if same and (not verify_values or self._same_values(tensors)):
             return self.weights
         with bridge.scope(tensors[0]):
-            self.weights = prepare(spec, fastrnn_params(spec, bridge, *tensors), backend)
+            self.weights = prepare(spec, fastrnn_params(spec, bridge, *cast), backend)
         self._refs = tuple(None if t is None else weakref.ref(t) for t in tensors)
         self._versions, self._key = versions, key
         self._values = tuple(None if t is None else t.detach().clone() for t in tensors)
@@ -143,7 +149,7 @@ class RecurrentFunction(torch.autograd.Function):
                                None if h0 is None else br.array(h0),
                                None if c0 is None else br.array(c0),
                            lengths=run.lengths, reverse=run.reverse, backend=run.backend,
-                           training=training, guard=False)
+                           training=training, guard=False, allow_tf32=run.tf32)
             h = br.output_tensor(res.h) if training else br.tensor(res.h)
             outs = [h, br.tensor(res.h_n, avoid=res.h)]
             if spec.has_cell_state:

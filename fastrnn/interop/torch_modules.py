@@ -101,10 +101,51 @@ def _grads_flow(tensors) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
+def autocast_dtype(x, weight):
+    """The dtype torch.autocast runs this call in, or None: on CUDA, with autocast enabled
+    there, when the parameters are 32- or 16-bit floats (autocast leaves float64 alone).
+    torch.nn's RNNs then run in that dtype (inputs, weights and outputs), and so do these:
+    16-bit storage with float32 arithmetic on the cupy backend. CPU autocast is not
+    followed: the CPU backends compute in float32 or float64 only."""
+    if x.device.type != "cuda" or weight.dtype == torch.float64:
+        return None
+    try:
+        enabled = torch.is_autocast_enabled("cuda")
+    except TypeError:                                      # torch < 2.4
+        enabled = torch.is_autocast_enabled()
+    if not enabled:
+        return None
+    try:
+        return torch.get_autocast_dtype("cuda")
+    except AttributeError:                                 # torch < 2.4
+        return torch.get_autocast_gpu_dtype()
+
+
+def tf32_allowed(x) -> bool:
+    """Whether torch lets its cuDNN RNNs use TF32 for float32 on this device, which these
+    modules then follow: ``torch.backends.cudnn.rnn.fp32_precision`` ("tf32" / "ieee")
+    where torch has it, else ``torch.backends.cudnn.allow_tf32`` (True by default)."""
+    if x.device.type != "cuda":
+        return False
+    precision = getattr(getattr(torch.backends.cudnn, "rnn", None), "fp32_precision", None)
+    if precision in ("tf32", "ieee"):
+        return precision == "tf32"
+    try:
+        return bool(torch.backends.cudnn.allow_tf32)
+    except RuntimeError:               # torch refuses the old getter once the new API is used
+        return False
+
+
+def _castable(dtype) -> bool:
+    return dtype in (torch.float32, torch.float16, torch.bfloat16)
+
+
 def _check_input_tensor(x, name, weight, input_size, dtype_error) -> None:
     """x's dtype (``dtype_error``: ValueError for the layers, RuntimeError for the cells,
-    as torch.nn), device and feature count against the parameters."""
-    if x.dtype != weight.dtype:
+    as torch.nn), device and feature count against the parameters. Under autocast, as for
+    torch.nn, any 32- or 16-bit float input goes with such parameters."""
+    amp = autocast_dtype(x, weight)
+    if x.dtype != weight.dtype and not (amp is not None and _castable(x.dtype)):
         raise dtype_error(f"{name}: dtype {x.dtype} does not match the parameters' dtype "
                           f"{weight.dtype}; convert the input with .to({weight.dtype}) or the "
                           f"module with .to({x.dtype})")
@@ -122,7 +163,10 @@ def _check_state_tensor(name, s, shape, like, what) -> None:
     if tuple(s.shape) != tuple(shape):
         raise RuntimeError(f"{name}: expected shape {tuple(shape)} {what}, got "
                            f"{tuple(s.shape)}")
-    if s.dtype != like.dtype or s.device != like.device:
+    amp = autocast_dtype(like, like)
+    same_dtype = s.dtype == like.dtype or (amp is not None and _castable(s.dtype)
+                                           and _castable(like.dtype))
+    if not same_dtype or s.device != like.device:
         raise RuntimeError(f"{name}: expected a {like.dtype} tensor on {like.device} like "
                            f"the input, got {s.dtype} on {s.device}")
 
@@ -309,6 +353,10 @@ class RNNBase(nn.Module):
         h0, c0 = self._initial_states(hx, x, B, unbatched, sorted_indices)
         be, bridge = resolve(self.backend, x.device)
         grad_enabled = torch.is_grad_enabled()
+        amp = autocast_dtype(x, self.weight_ih_l0)
+        tf32 = tf32_allowed(x)
+        if amp is not None:                   # autocast: inputs cast here, weights when prepared
+            x, h0, c0 = (None if t is None else t.to(amp) for t in (x, h0, c0))
         D = 2 if self.bidirectional else 1
         h_n, c_n = [], []
         inp = x
@@ -318,8 +366,8 @@ class RNNBase(nn.Module):
                 k = layer * D + d
                 tensors = self._layer_weights(k)
                 weights = self._weight_caches[k].get(self._cell, be, bridge, tensors,
-                                                     _grads_flow(tensors))
-                run = Run(self._cell, be, bridge, weights, lengths, d == 1, grad_enabled)
+                                                     _grads_flow(tensors), amp)
+                run = Run(self._cell, be, bridge, weights, lengths, d == 1, grad_enabled, tf32)
                 res = RecurrentFunction.apply(run, inp, None if h0 is None else h0[k],
                                               None if c0 is None else c0[k], *tensors)
                 outs.append(res[0])
@@ -484,9 +532,15 @@ class RNNCellBase(nn.Module):
         if len(h0c0) == 1:
             h0c0.append(None)
         be, bridge = resolve(self.backend, x.device)
+        amp = autocast_dtype(x, self.weight_ih)
+        if amp is not None:                   # autocast: inputs cast here, weights when prepared
+            x = x.to(amp)
+            h0c0 = [None if s is None else s.to(amp) for s in h0c0]
         tensors = (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, None)
-        weights = self._weight_cache.get(self._cell, be, bridge, tensors, _grads_flow(tensors))
-        run = Run(self._cell, be, bridge, weights, None, False, torch.is_grad_enabled())
+        weights = self._weight_cache.get(self._cell, be, bridge, tensors, _grads_flow(tensors),
+                                         amp)
+        run = Run(self._cell, be, bridge, weights, None, False, torch.is_grad_enabled(),
+                  tf32_allowed(x))
         res = RecurrentFunction.apply(run, x, *h0c0, *tensors)
         out = res[1:]
         return out if batched else tuple(t.squeeze(0) for t in out)

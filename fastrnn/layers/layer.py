@@ -12,10 +12,10 @@ from collections.abc import MutableMapping
 
 import numpy as np
 
-from ..core.api import ForwardResult, Gradients, backward, forward
+from ..api import backward, forward, prepare
+from ..core.results import ForwardResult, Gradients
 from ..core.arrays import is_cupy_array
 from ..core.cells import get_cell
-from ..core.prepared import prepare
 
 __all__ = ["Layer", "LayerParams", "LSTM", "GRU", "RNN"]
 

@@ -32,7 +32,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from .. import backends as _backends
-from ..core import api as _api
+from .. import api as _api
 from ..core.cells import get_cell
 from ..core.validation import (as_array, check_lengths, check_params, check_same_dtype,
                          check_sequence_input, check_shape, describe)

@@ -18,8 +18,10 @@ from __future__ import annotations
 import numbers
 
 from ..core.cells import get_cell
-from ..core.prepared import PreparedWeights, prepare
-from ..core.validation import as_array, check_float, check_same_dtype, check_shape
+from ..api import prepare
+from ..core.prepared import PreparedWeights
+from ..core.validation import (as_array, check_float, check_same_dtype, check_same_place,
+                               check_shape, place)
 
 __all__ = ["Stepper"]
 
@@ -39,6 +41,11 @@ class Stepper:
     Calling it with x_t (B, I) returns h_t (B, H); with (I,) (B = 1) returns (H,); with a
     chunk (T, B, I) returns all its outputs (T, B, H). Each result is a fresh array the
     Stepper never touches again. Bad input raises the errors :func:`fastrnn.forward` raises.
+
+    Where arrays live: the state lives with the backend (on the GPU for "cupy"); h0 and c0
+    given here are where params are (host arrays with ``backend="cupy"`` are copied there
+    once). Every later input, and the states given to :meth:`reset`, must be arrays of the
+    state's library: a host frame for a GPU Stepper is a TypeError, not a copy per step.
     """
 
     def __init__(self, cell, params, batch_size: int = 1, h0=None, c0=None, *,
@@ -58,13 +65,17 @@ class Stepper:
             weights = params
         else:
             weights = prepare(spec, params, backend)
+        given = place(weights.params["W"] if isinstance(params, PreparedWeights)
+                      else params.get("W") if hasattr(params, "get") else None)
+        check_same_place("params['W']", given, [("h0", h0), ("c0", c0)])
         self.cell, self.weights = spec, weights
         self.batch_size = int(batch_size)
         self._xp = weights.backend.xp
         self._runner = weights.backend.stepper(spec, weights.packed, self.batch_size,
                                                weights.dtype)
         self._step_shape = (self.batch_size, weights.input_size)
-        self.reset(h0, c0)
+        self._state_place = place(self._runner.h)
+        self._reset(h0, c0)
 
     @property
     def input_size(self) -> int:
@@ -90,6 +101,10 @@ class Stepper:
 
     def reset(self, h0=None, c0=None) -> None:
         """Set the state to h0 (and c0 for lstm), or to zeros where None."""
+        check_same_place("the Stepper's state", self._state_place, [("h0", h0), ("c0", c0)])
+        self._reset(h0, c0)
+
+    def _reset(self, h0, c0) -> None:
         self._set("h0", self._runner.h, h0)
         if self._runner.c is not None:
             self._set("c0", self._runner.c, c0)
@@ -115,6 +130,7 @@ class Stepper:
         if (type(x) is xp.ndarray and x.dtype == self.weights.dtype
                 and x.shape == self._step_shape and x.flags.c_contiguous):
             return self._runner.run(x[None])[0]            # the common case, checked
+        check_same_place("the Stepper's state", self._state_place, [("x", x)])
         x = as_array(xp, "x", x)
         check_float("x", x, self.weights.backend.dtypes)
         check_same_dtype("x", x, self.weights.dtype)

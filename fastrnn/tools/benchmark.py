@@ -35,7 +35,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..core import api
+from .. import api
 from .. import backends as _backends
 from ..core.cells import CellSpec, get_cell
 from ..core.tolerances import TOLERANCES, TORCH_TOLERANCES, rel_err, to_numpy64

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..core import api
+from .. import api
 from ..backends import get_backend
 from ..core.cells import cell_names
 from ..core.tolerances import TOLERANCES, rel_err, to_numpy64

@@ -207,18 +207,62 @@ def _wrap(value):
     return value
 
 
+class OutOfMemoryError(MemoryError):
+    """CuPy's ``cupy.cuda.memory.OutOfMemoryError``, as CuPy 14 defines it."""
+
+    def __init__(self, size, total, limit=0):
+        self._size, self._total, self._limit = size, total, limit
+        super().__init__(f"Out of memory allocating {size:,} bytes (allocated so far: "
+                         f"{total:,} bytes).")
+
+    def __reduce__(self):
+        return (type(self), (self._size, self._total, self._limit))
+
+
+class _Pool:
+    def total_bytes(self):
+        return 0
+
+    def used_bytes(self):
+        return 0
+
+    def free_all_blocks(self):
+        pass
+
+
 class FakeCupy(types.ModuleType):
-    """The ``cupy`` module as the backend uses it, on NumPy memory."""
+    """The ``cupy`` module as the backend uses it, on NumPy memory. ``memory_limit``: the
+    largest allocation (bytes) that succeeds; beyond it CuPy's OutOfMemoryError."""
 
     ndarray = ndarray
 
     def __init__(self):
         super().__init__("cupy")
         self.__version__ = "14.2.0-emulated"
+        self.memory_limit = None
         self.cuda = types.SimpleNamespace(
-            runtime=types.SimpleNamespace(getDevice=lambda: 0, getDeviceCount=lambda: 1),
+            runtime=types.SimpleNamespace(getDevice=lambda: 0, getDeviceCount=lambda: 1,
+                                          memGetInfo=lambda: (1 << 30, 1 << 32)),
             Device=lambda *a: _Device(),
-            device=types.SimpleNamespace(get_cublas_handle=lambda: 0))
+            device=types.SimpleNamespace(get_cublas_handle=lambda: 0),
+            memory=types.SimpleNamespace(OutOfMemoryError=OutOfMemoryError))
+
+    def get_default_memory_pool(self):
+        return _Pool()
+
+    def _check(self, shape, dtype):
+        shape = (shape,) if np.isscalar(shape) else tuple(shape)
+        nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        if self.memory_limit is not None and nbytes > self.memory_limit:
+            raise OutOfMemoryError(nbytes, 0)
+
+    def empty(self, shape, dtype=float, order="C"):
+        self._check(shape, dtype)
+        return np.empty(shape, dtype=dtype, order=order).view(ndarray)
+
+    def zeros(self, shape, dtype=float, order="C"):
+        self._check(shape, dtype)
+        return np.zeros(shape, dtype=dtype, order=order).view(ndarray)
 
     def asnumpy(self, a, stream=None):
         return np.array(a, copy=True).view(np.ndarray)
@@ -253,24 +297,29 @@ def round_to_tf32(a: np.ndarray) -> np.ndarray:
 
 
 class EmulatedGemm:
-    """The per-step product of :class:`~fastrnn.backends.cupy.steps.StepGemm` (row-major
-    ``C (M, N) = A (M, K) @ B (K, N)`` given by addresses), computed with NumPy."""
+    """:class:`~fastrnn.backends.cupy.steps.StepGemm` (cuBLAS's gemmEx on addresses: row-major
+    ``C (M, N) = A (M, K) @ B (K, N)``, each operand C-contiguous or its transpose), with
+    NumPy: float32 arithmetic for 16-bit operands, TF32 operands rounded with ``tf32``."""
 
-    tf32 = False
-
-    def __init__(self, dtype, out_dtype=None):
+    def __init__(self, dtype, out_dtype=None, tf32=False):
         self.dtype = np.dtype(dtype)
         self.out_dtype = np.dtype(out_dtype or dtype)
+        self.tf32 = bool(tf32) and self.dtype == np.float32
+        self.calls = 0
 
-    def __call__(self, a: int, b: int, c: int, M: int, N: int, K: int) -> None:
-        A = _from_address(a, (M, K), self.dtype)
-        B = _from_address(b, (K, N), self.dtype)
+    def host_scalars(self):
+        pass
+
+    def __call__(self, a, b, c, M, N, K, a_trans=False, b_trans=False):
+        A = _from_address(a, (K, M), self.dtype).T if a_trans else _from_address(a, (M, K), self.dtype)
+        B = _from_address(b, (N, K), self.dtype).T if b_trans else _from_address(b, (K, N), self.dtype)
         C = _from_address(c, (M, N), self.out_dtype)
         work = np.float64 if self.dtype == np.float64 else np.float32
         A, B = A.astype(work), B.astype(work)
-        if self.tf32 and work == np.float32:
+        if self.tf32:
             A, B = round_to_tf32(A), round_to_tf32(B)
         C[...] = (A @ B).astype(self.out_dtype)
+        self.calls += 1
 
 
 # ------------------------------------------------------------------------------- device
@@ -294,12 +343,15 @@ def emulated_cupy_backend(monkeypatch, device: EmulatedDevice = EmulatedDevice()
     from fastrnn.backends.cupy import persistent as cb_persistent
     from fastrnn.backends.cupy import steps as cb_steps
 
+    from fastrnn.backends.cupy import memory as cb_memory
+
     fake = FakeCupy()
-    for module in (cb_backend, cb_steps, cb_persistent, cb_device):
+    for module in (cb_backend, cb_steps, cb_persistent, cb_device, cb_memory):
         monkeypatch.setattr(module, "cupy", fake)
     monkeypatch.setattr(cb_steps, "function", function)
     monkeypatch.setattr(cb_persistent, "function", function)
     monkeypatch.setattr(cb_steps, "StepGemm", EmulatedGemm)
+    monkeypatch.setattr(cb_steps, "_gemms", {})
     limits = cb_device.DeviceLimits(device.multiprocessors, device.smem_per_block,
                                     device.cooperative)
     monkeypatch.setattr(cb_device, "limits", lambda: limits)

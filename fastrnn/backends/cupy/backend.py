@@ -35,11 +35,12 @@ from __future__ import annotations
 from ..base import Backend, ForwardOut
 from .lib import IMPORT_ERROR, cupy
 from .nvrtc import compile_problem, kernel_dir
+from .memory import alloc, describe_failure
 from .nvrtc import CELL_TYPES
 from .persistent import persistent_backward, persistent_forward, plan_for_call
 from .steps import (NULL, Saved, StateSeq, Steps, cell_backward, cell_forward, cublas_bindings,
                     finish_backward, grad_init, grurb_backward, grurb_forward, lstmp_backward,
-                    lstmp_forward, project)
+                    lstmp_forward, matmul)
 
 __all__ = ["CupyBackend"]
 
@@ -95,21 +96,38 @@ class CupyBackend(Backend):
 
     # ---------------------------------------------------------------- forward / backward
 
-    def forward(self, cell, x, params, h0, c0, lengths, reverse, training):
+    def forward(self, cell, x, params, h0, c0, lengths, reverse, training, *, tf32=False):
+        try:
+            return self._forward(cell, x, params, h0, c0, lengths, reverse, training, tf32)
+        except cupy.cuda.memory.OutOfMemoryError as exc:
+            raise describe_failure(exc, cell, x.shape, h0.shape[1], x.dtype, training,
+                                   backward=False) from exc
+
+    def backward(self, cell, saved, x, params, h0, c0, lengths, reverse, dh, dh_n, dc_n, *,
+                 tf32=False):
+        try:
+            return self._backward(cell, saved, x, params, h0, c0, lengths, reverse, dh, dh_n,
+                                  dc_n, tf32)
+        except cupy.cuda.memory.OutOfMemoryError as exc:
+            raise describe_failure(exc, cell, x.shape, h0.shape[1], x.dtype, True,
+                                   backward=True) from exc
+
+    def _forward(self, cell, x, params, h0, c0, lengths, reverse, training, tf32):
         with x.device:
             T, B, I = x.shape
             H = h0.shape[1]
             lens = None if lengths is None else cupy.asarray(lengths, dtype=cupy.int64)
-            st = Steps(T, B, H, lens, reverse, x.dtype)
-            xw = project(x.reshape(T * B, I), params["W"]).reshape(T, B, -1)   # st.acc
-            out = cupy.empty((T, B, H), dtype=x.dtype)
+            st = Steps(T, B, H, lens, reverse, x.dtype, tf32)
+            xw = matmul(x.reshape(T * B, I), params["W"], tf32,
+                        "the input projection x @ W").reshape(T, B, -1)            # st.acc
+            out = alloc("the outputs h", (T, B, H), x.dtype)
             plan = plan_for_call(cell, B, H, x.dtype, backward=False)
             if plan is not None:
                 done = persistent_forward(st, cell, xw, params, h0, c0, out, training, plan)
                 if done is not None:
                     return done
             hs = StateSeq(h0, T, training)
-            cs = StateSeq(c0, T, training) if cell.has_cell_state else None
+            cs = StateSeq(c0, T, training, "c") if cell.has_cell_state else None
             rh = None
             if cell.name in CELL_TYPES:
                 gates = cell_forward(st, cell, xw, params, hs, cs, out, training)
@@ -121,11 +139,12 @@ class CupyBackend(Backend):
                      if training else None)
             return ForwardOut(out, hs.final(), None if cs is None else cs.final(), saved)
 
-    def backward(self, cell, saved, x, params, h0, c0, lengths, reverse, dh, dh_n, dc_n):
+    def _backward(self, cell, saved, x, params, h0, c0, lengths, reverse, dh, dh_n, dc_n,
+                  tf32):
         with x.device:
             T, B, I = x.shape
             H = h0.shape[1]
-            st = Steps(T, B, H, saved.lengths, reverse, x.dtype)
+            st = Steps(T, B, H, saved.lengths, reverse, x.dtype, tf32)
             dh_arg = NULL if dh is None else dh
             plan = plan_for_call(cell, B, H, x.dtype, backward=True)
             done = None

@@ -32,6 +32,7 @@ from ...core import config
 from ..base import ForwardOut
 from . import device
 from .lib import cupy
+from .memory import alloc
 from .nvrtc import CELL_TYPES, cell_traits, function, header_constants
 from .steps import NULL, Saved, acc_dtype
 
@@ -250,15 +251,15 @@ def persistent_forward(st, cell, xw, p, h0, c0, out, training, pp: PersistPlan):
     traits = cell_traits(cell.name)
     T, B, H, dt = st.T, st.B, st.H, st.dtype
     slots = T + 1 if training else 2
-    hs = cupy.empty((slots, B, H), dtype=dt)
+    hs = alloc("the tape of the states h", (slots, B, H), dt)
     hs[0] = h0
     cs = None
     if traits["HAS_C"]:
-        cs = cupy.empty((slots, B, H), dtype=dt)
+        cs = alloc("the tape of the states c", (slots, B, H), dt)
         cs[0] = c0
     tape = None
     if training and traits["TAPE"]:
-        tape = cupy.empty((T, B, traits["TAPE"] * H), dtype=dt)
+        tape = alloc("the tape of the gates", (T, B, traits["TAPE"] * H), dt)
     args = ((xw, p["b"], p["bn"] if traits["BIAS_N"] else NULL, p["U"], hs,
              NULL if cs is None else cs, out, NULL if tape is None else tape, st.lens_arg,
              np.int32(T), np.int32(B), np.int32(H), np.int32(st.reverse), np.int32(training))
@@ -276,8 +277,8 @@ def persistent_backward(st, cell, saved, p, dh_arg, dh_n, dc_n, pp: PersistPlan)
     traits = cell_traits(cell.name)
     T, B, H, dt = st.T, st.B, st.H, st.dtype
     G = cell.num_gates
-    dg_rec = cupy.empty((T, B, G * H), dtype=dt)
-    dg_x = cupy.empty((T, B, G * H), dtype=dt) if traits["SPLIT_GRAD"] else None
+    dg_rec = alloc("the gate gradients", (T, B, G * H), dt)
+    dg_x = alloc("the gate gradients of x @ W", (T, B, G * H), dt) if traits["SPLIT_GRAD"] else None
     dh0 = cupy.empty((B, H), dtype=dt)
     dc0 = cupy.empty((B, H), dtype=dt) if traits["HAS_C"] else None
     args = ((dh_arg, NULL if dh_n is None else dh_n, NULL if dc_n is None else dc_n,

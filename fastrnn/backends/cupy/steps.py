@@ -24,7 +24,6 @@ only ``hs``.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +31,7 @@ import numpy as np
 
 from ..base import BackwardOut
 from .lib import cupy
+from .memory import alloc
 from .nvrtc import CELL_TYPES, cell_traits, function
 
 
@@ -54,28 +54,11 @@ def ptr(address: int):
     return np.uint64(address)
 
 
-def mm(a, b, out=None):
-    """a @ b through cuBLAS (cupy.matmul): the GEMMs run once per call, over all T*B rows."""
-    return cupy.matmul(a, b, out=out)
-
-
 def acc_dtype(dtype) -> np.dtype:
     """The dtype of the intermediates for storage ``dtype``: float32 for float16 and
     bfloat16 (the kernels' arithmetic type, ACC(T) of kernels/common.cuh), else itself."""
     dtype = np.dtype(dtype)
     return np.dtype(np.float32) if dtype.itemsize < 4 else dtype
-
-
-def project(a, b):
-    """a (M, K) @ b (K, N), both C-contiguous, as an array of dtype ``acc_dtype(a.dtype)``:
-    ``cupy.matmul`` where that is a's dtype, else one ``cublasGemmEx`` with a float32 C."""
-    acc = acc_dtype(a.dtype)
-    if acc == a.dtype:
-        return mm(a, b)
-    (M, K), N = a.shape, b.shape[1]
-    out = cupy.empty((M, N), dtype=acc)
-    StepGemm(a.dtype, acc)(addr(a), addr(b), addr(out), M, N, K)
-    return out
 
 
 def cublas_bindings():
@@ -92,24 +75,25 @@ CUDA_DATA_TYPE = {"float32": 0, "float64": 1, "float16": 2, "bfloat16": 14}
 
 
 class StepGemm:
-    """Row-major ``C (M, N) = A (M, K) @ B (K, N)`` of C-contiguous device blocks given by
-    address, through one ``cublasGemmEx`` call: the per-step products, without the cost
-    of building array views and of ``cupy.matmul``'s dispatch at every step. A and B are
-    of ``dtype``, C of ``out_dtype`` (default ``dtype``; float32 for 16-bit A and B).
+    """Row-major ``C (M, N) = A (M, K) @ B (K, N)`` of device blocks given by address,
+    through one ``cublasGemmEx`` call: every product of the backend, the per-step ones
+    without the cost of building array views and of ``cupy.matmul``'s dispatch. A and B
+    are of ``dtype``, C of ``out_dtype`` (default ``dtype``; float32 for 16-bit A and B).
+    Each operand is C-contiguous, or with ``a_trans`` / ``b_trans`` the C-contiguous
+    transpose of the operand (a ``.T`` view), which cuBLAS reads through its op flag.
 
     cuBLAS is column-major: the row-major C is the column-major C^T = B^T A^T, so the call
-    passes B first with ldb = N, then A with lda = K, and ldc = N. Compute type: float64
-    for float64, float32 otherwise (TF32 tensor cores for float32 only when ``CUPY_TF32``
-    asks for them, as for ``cupy.matmul``). CuPy's binding puts the call on the current
-    stream.
+    passes B first, then A, and ldc = N. Compute type: float64 for float64; float32
+    otherwise, on TF32 tensor cores for float32 operands when ``tf32`` is set (the
+    caller's ``allow_tf32``). CuPy's binding puts the call on the current stream.
     """
 
-    def __init__(self, dtype, out_dtype=None):
+    def __init__(self, dtype, out_dtype=None, tf32: bool = False):
         dtype = np.dtype(dtype)
         cublas = cublas_bindings()
+        self._cublas = cublas
         self._gemm = cublas.gemmEx
         self._handle = cupy.cuda.device.get_cublas_handle()
-        cublas.setPointerMode(self._handle, cublas.CUBLAS_POINTER_MODE_HOST)
         self._type = CUDA_DATA_TYPE[dtype.name]
         self._ctype = CUDA_DATA_TYPE[np.dtype(out_dtype or dtype).name]
         if dtype.name == "float64":
@@ -117,25 +101,63 @@ class StepGemm:
             scalar = np.float64
         else:
             self._compute = getattr(cublas, "CUBLAS_COMPUTE_32F", 68)
-            if dtype.name == "float32" and _tf32_requested():
+            if dtype.name == "float32" and tf32:
                 self._compute = getattr(cublas, "CUBLAS_COMPUTE_32F_FAST_TF32", 77)
             scalar = np.float32
         self._scalars = np.array([1, 0], dtype=scalar)        # alpha, beta on the host
         self._one = self._scalars.ctypes.data
         self._zero = self._one + self._scalars.itemsize
+        self.host_scalars()
 
-    def __call__(self, a: int, b: int, c: int, M: int, N: int, K: int) -> None:
+    def host_scalars(self) -> None:
+        """alpha and beta are read from the host (the handle is CuPy's, shared: set at the
+        start of every forward and backward, in case other code changed it since)."""
+        self._cublas.setPointerMode(self._handle, self._cublas.CUBLAS_POINTER_MODE_HOST)
+
+    def __call__(self, a: int, b: int, c: int, M: int, N: int, K: int,
+                 a_trans: bool = False, b_trans: bool = False) -> None:
         t = self._type
-        self._gemm(self._handle, 0, 0, N, M, K, self._one, b, t, N, a, t, K, self._zero,
+        self._gemm(self._handle, int(b_trans), int(a_trans), N, M, K, self._one,
+                   b, t, K if b_trans else N, a, t, M if a_trans else K, self._zero,
                    c, self._ctype, N, self._compute, -1)
 
 
-def _tf32_requested() -> bool:
-    """CuPy's own switch for TF32 tensor cores in float32 GEMMs (``CUPY_TF32``)."""
-    try:
-        return int(os.environ.get("CUPY_TF32", "0")) > 0
-    except ValueError:
-        return False
+_gemms: dict[tuple, StepGemm] = {}
+
+
+def gemm_for(dtype, out_dtype, tf32: bool) -> StepGemm:
+    """The :class:`StepGemm` of these types on the current device, made once."""
+    key = (StepGemm, cupy.cuda.runtime.getDevice(), np.dtype(dtype).name,
+           np.dtype(out_dtype).name, bool(tf32))
+    found = _gemms.get(key)
+    if found is None:
+        found = _gemms[key] = StepGemm(dtype, out_dtype, tf32)
+    return found
+
+
+def _operand(a):
+    """(a C-contiguous array holding ``a`` or its transpose, whether it is the transpose)."""
+    if a.flags.c_contiguous:
+        return a, False
+    if a.T.flags.c_contiguous:
+        return a, True
+    return cupy.ascontiguousarray(a), False
+
+
+def matmul(a, b, tf32: bool = False, what: str = "a product"):
+    """a (M, K) @ b (K, N) of 2-d device arrays (C-contiguous or ``.T`` views of such) as a
+    C-contiguous array of dtype ``acc_dtype(a.dtype)``, through one ``cublasGemmEx``:
+    float32 C for 16-bit operands, TF32 tensor cores for float32 ones with ``tf32``.
+    ``what`` names the result where it does not fit in memory."""
+    (M, K), N = a.shape, b.shape[1]
+    acc = acc_dtype(a.dtype)
+    if M == 0 or N == 0 or K == 0:
+        return alloc(what, (M, N), acc, zeros=True)
+    a, a_t = _operand(a)
+    b, b_t = _operand(b)
+    out = alloc(what, (M, N), acc)
+    gemm_for(a.dtype, acc, tf32)(addr(a), addr(b), addr(out), M, N, K, a_t, b_t)
+    return out
 
 
 def sum_rows(a):
@@ -154,16 +176,19 @@ def grad_init(a, shape, dtype):
 
 class Steps:
     """One call's geometry: sizes, lengths on the device, reverse, launch configuration,
-    the dtype of the intermediates (``acc``) and the per-step GEMM (storage in, acc out)."""
+    the dtype of the intermediates (``acc``), whether products may use TF32 and the
+    per-step GEMM (storage in, acc out)."""
 
-    def __init__(self, T, B, H, lengths, reverse, dtype):
+    def __init__(self, T, B, H, lengths, reverse, dtype, tf32: bool = False):
         self.T, self.B, self.H, self.dtype = T, B, H, dtype
         self.acc = acc_dtype(dtype)
+        self.tf32 = bool(tf32)
         self.lengths = lengths                     # device int64 (B,) or None
         self.reverse = bool(reverse)
         self.grid = grid(B * H)
         self.block = (THREADS,)
-        self.gemm = StepGemm(dtype, self.acc)
+        self.gemm = gemm_for(dtype, self.acc, self.tf32)
+        self.gemm.host_scalars()
         self.lens_arg = NULL if lengths is None else lengths
         self._sizes = (np.int32(T), np.int32(B), np.int32(H), np.int32(self.reverse))
 
@@ -207,10 +232,11 @@ class StateSeq:
     one (B, H) buffer updated in place by the kernels. Always a private copy of the
     initial state. ``prev(s)`` / ``next(s)``: device addresses before / after step s."""
 
-    def __init__(self, init, T: int, keep: bool):
+    def __init__(self, init, T: int, keep: bool, name: str = "h"):
         self.keep = keep
         if keep:
-            self.buf = cupy.empty((T + 1,) + tuple(init.shape), dtype=init.dtype)
+            self.buf = alloc(f"the tape of the states {name}", (T + 1,) + tuple(init.shape),
+                             init.dtype)
             self.buf[0] = init
             self._seq = Seq(self.buf)
         else:
@@ -256,17 +282,19 @@ def finish_backward(st, cell, saved, x, params, dgx, dgr, dh0, dc0) -> BackwardO
         dgr, dH = dgr
         C = saved.cs.shape[2]
         m = saved.gates[:, :, 3 * C:] * cupy.tanh(saved.cs[1:])   # o * tanh(c'), 0 if padded
-        grads["Wr"] = mm(m.reshape(T * B, C).T, dH.reshape(T * B, H))
+        grads["Wr"] = matmul(m.reshape(T * B, C).T, dH.reshape(T * B, H), st.tf32, "dWr")
     if cell.name == "gru_reset_before":
         dg_rz, da_n = dgr
         grads["U"] = cupy.concatenate(
-            [mm(h_prev.T, dg_rz.reshape(T * B, 2 * H)),
-             mm(saved.rh.reshape(T * B, H).T, da_n.reshape(T * B, H))], axis=1)
+            [matmul(h_prev.T, dg_rz.reshape(T * B, 2 * H), st.tf32),
+             matmul(saved.rh.reshape(T * B, H).T, da_n.reshape(T * B, H), st.tf32)], axis=1)
     else:
-        grads["U"] = mm(h_prev.T, dgr.reshape(T * B, -1))
+        grads["U"] = matmul(h_prev.T, dgr.reshape(T * B, -1), st.tf32, "dU")
     if cell.name == "gru":
         grads["bn"] = sum_rows(dgr[:, :, 2 * H:])
-    return BackwardOut(grads["dx"], dh0, dc0, {k: grads[k] for k in params})
+    dt = st.dtype
+    return BackwardOut(grads["dx"].astype(dt, copy=False), dh0, dc0,
+                       {k: grads[k].astype(dt, copy=False) for k in params})
 
 
 def input_grads(st: Steps, x, W, dgx) -> dict:
@@ -279,8 +307,8 @@ def input_grads(st: Steps, x, W, dgx) -> dict:
     T, B, I = x.shape
     dg2 = dgx.reshape(T * B, -1)
     xs = x if st.trivial_order else st.gather(x)
-    dxs = mm(dg2, W.T).reshape(T, B, I)
-    return {"W": mm(xs.reshape(T * B, I).T, dg2), "b": sum_rows(dg2),
+    dxs = matmul(dg2, W.T, st.tf32, "dx").reshape(T, B, I)
+    return {"W": matmul(xs.reshape(T * B, I).T, dg2, st.tf32, "dW"), "b": sum_rows(dg2),
             "dx": st.gather(dxs) if st.reverse else dxs}
 
 
@@ -305,7 +333,8 @@ def cell_forward(st, cell, xw, p, hs, cs, out, training):
     hu = cupy.empty((B, GH), dtype=st.acc)
     hu_p = addr(hu)
     width = traits["TAPE"] * H
-    tape = cupy.empty((st.T, B, width), dtype=st.dtype) if training and width else None
+    tape = (alloc("the tape of the gates", (st.T, B, width), st.dtype)
+            if training and width else None)
     ts = Seq(tape) if tape is not None else (lambda s: NULL)
     bn = p["bn"] if traits["BIAS_N"] else NULL
     c_prev = cs.prev if cs is not None else (lambda s: NULL)
@@ -320,26 +349,27 @@ def cell_forward(st, cell, xw, p, hs, cs, out, training):
 
 def cell_backward(st, cell, saved, p, dh_arg, direct, rec, dc):
     """The backward of :func:`cell_forward`, s = T-1 .. 0: per step one ``step_backward``
-    kernel writes the gate gradients of the step, then ``rec`` = dg_rec[s] @ U^T.
+    kernel writes the gate gradients of the step, then ``rec`` = dg_rec[s] @ U^T (cuBLAS
+    reads U transposed: no copy).
     Returns (dg_x, dg_rec) (T, B, G*H): the gradients of x @ W + b and of h_prev @ U
     (+ bn), one array where the cell does not tell them apart. dc: (B, H) or None."""
     traits = cell_traits(cell.name)
     fn = function("step", f"step_backward<{CELL_TYPES[cell.name]}>", st.dtype)
     B, H, GH = st.B, st.H, cell.num_gates * st.H
-    UT = transposed(p["U"])                                   # (G*H, H)
-    dg_rec = cupy.empty((st.T, B, GH), dtype=st.dtype)
-    dg_x = cupy.empty((st.T, B, GH), dtype=st.dtype) if traits["SPLIT_GRAD"] else None
+    dg_rec = alloc("the gate gradients", (st.T, B, GH), st.dtype)
+    dg_x = (alloc("the gate gradients of x @ W", (st.T, B, GH), st.dtype)
+            if traits["SPLIT_GRAD"] else None)
     drs = Seq(dg_rec)
     dxs = Seq(dg_x) if dg_x is not None else (lambda s: NULL)
     ts = Seq(saved.gates) if saved.gates is not None else (lambda s: NULL)
     hs = Seq(saved.hs)
     cs = Seq(saved.cs) if saved.cs is not None else (lambda s: NULL)
     dc_arg = NULL if dc is None else dc
-    UT_p, rec_p = addr(UT), addr(rec)
+    U_p, rec_p = addr(p["U"]), addr(rec)
     for s in reversed(range(st.T)):
         fn(st.grid, st.block, (dh_arg, direct, direct, rec, dc_arg, ts(s), hs(s), hs(s + 1),
                                cs(s), cs(s + 1), drs(s), dxs(s)) + st.tail(s))
-        st.gemm(int(drs(s)), UT_p, rec_p, B, H, GH)
+        st.gemm(int(drs(s)), U_p, rec_p, B, H, GH, False, True)     # dg_rec[s] @ U^T
     return (dg_rec if dg_x is None else dg_x), dg_rec
 
 

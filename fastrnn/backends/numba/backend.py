@@ -87,7 +87,7 @@ class NumbaBackend(Backend):
         return NumbaStepRunner(cell, weights, batch_size, dtype)
 
     # ------------------------------------------------------------------------- forward
-    def forward(self, cell, x, weights, h0, c0, lengths, reverse, training):
+    def forward(self, cell, x, weights, h0, c0, lengths, reverse, training, *, tf32=False):
         T, B, I = x.shape
         G = cell.num_gates
         H, P = weights.params["U"].shape[1] // G, h0.shape[1]   # gate width, h width
@@ -148,7 +148,8 @@ class NumbaBackend(Backend):
                           saved if training else None)
 
     # ------------------------------------------------------------------------ backward
-    def backward(self, cell, saved, x, weights, h0, c0, lengths, reverse, dh, dh_n, dc_n):
+    def backward(self, cell, saved, x, weights, h0, c0, lengths, reverse, dh, dh_n, dc_n, *,
+                 tf32=False):
         T, B, I = x.shape
         G = cell.num_gates
         H, P = weights.params["U"].shape[1] // G, h0.shape[1]   # gate width, h width

@@ -153,7 +153,7 @@ class NumpyBackend(Backend):
     name = "numpy"
     xp = np
 
-    def forward(self, cell, x, params, h0, c0, lengths, reverse, training):
+    def forward(self, cell, x, params, h0, c0, lengths, reverse, training, *, tf32=False):
         T, B, _ = x.shape
         lengths = np.full(B, T, dtype=np.int64) if lengths is None else lengths
         step, _ = _step_functions(cell)
@@ -173,7 +173,8 @@ class NumpyBackend(Backend):
         saved = caches if training else None
         return ForwardOut(out, h, c, saved)
 
-    def backward(self, cell, saved, x, params, h0, c0, lengths, reverse, dh, dh_n, dc_n):
+    def backward(self, cell, saved, x, params, h0, c0, lengths, reverse, dh, dh_n, dc_n, *,
+                 tf32=False):
         T, B, I = x.shape
         lengths = np.full(B, T, dtype=np.int64) if lengths is None else lengths
         _, step_backward = _step_functions(cell)

@@ -1,172 +1,54 @@
-"""The public API: ``forward``, ``backward``, ``readout``, ``readout_backward``.
+"""The public API: ``forward``, ``backward``, ``readout``, ``readout_backward``, ``prepare``.
 
 This layer validates every argument, brings inputs into the canonical form backends take
 (time-major ``(T, B, I)``, contiguous, one float dtype, on the backend's device), picks the
 backend and turns the backend's arrays back into the caller's layout (``batch_first``,
-unbatched). Backends never see unchecked input.
+unbatched). Backends never see unchecked input. It sits above ``fastrnn.backends``; the
+contract it enforces (cells, checks, result objects) is ``fastrnn.core``, which imports
+no backend.
+
+Where arrays live: every array argument is of the library of ``x`` — all NumPy (host) or
+all CuPy (device). A NumPy array beside a CuPy ``x``, or the reverse, is a TypeError that
+names both, never a silent copy in every call of a loop. ``backend="cupy"`` with only
+host arrays is the one explicit request to copy them to the device (results are CuPy
+arrays); prepared weights live where they were prepared. ``lengths`` may be on either
+side: it is read on the host.
 """
 
 from __future__ import annotations
 
-import zlib
+from collections.abc import Mapping
 
 import numpy as np
 
-from .. import backends as _backends
-from ..backends.readout import READOUT_ACTIVATIONS
-from . import config
-from .arrays import is_cupy_array
-from .cells import get_cell
-from .prepared import PreparedWeights
-from .validation import (as_array, check_float, check_lengths, check_params, check_same_dtype,
-                         check_sequence_input, check_shape, describe)
+from . import backends as _backends
+from .backends.readout import READOUT_ACTIVATIONS
+from .core import config
+from .core.cells import get_cell
+from .core.prepared import PreparedWeights, read_only_views
+from .core.results import ForwardResult, Gradients, Layout, ReadoutTape, Tape
+from .core.validation import (as_array, check_float, check_lengths, check_params,
+                              check_same_dtype, check_same_place, check_sequence_input,
+                              check_shape, describe, place)
 
-__all__ = ["forward", "backward", "readout", "readout_backward", "ForwardResult", "Gradients",
-           "Tape", "ReadoutTape"]
-
-
-class ForwardResult:
-    """Result of :func:`forward`.
-
-    h: all hidden states, (T, B, H); (B, T, H) with batch_first; (T, H) unbatched. Zero
-       at padded positions. Read-only when a tape was kept (backward reads it).
-    h_n: final hidden state (B, H) (the last valid one of each sequence).
-    c_n: final cell state (B, H) for lstm, else None.
-    tape: what :func:`backward` needs; None when ``training=False``.
-    """
-
-    __slots__ = ("h", "h_n", "c_n", "tape")
-
-    def __init__(self, h, h_n, c_n, tape):
-        self.h, self.h_n, self.c_n, self.tape = h, h_n, c_n, tape
-
-    def __iter__(self):
-        """Unpack as ``h, h_n, c_n = res`` (the tape stays on the object)."""
-        return iter((self.h, self.h_n, self.c_n))
-
-    def __repr__(self):
-        return (f"{type(self).__name__}(h={describe(self.h)}, h_n={describe(self.h_n)}, "
-                f"c_n={None if self.c_n is None else describe(self.c_n)}, "
-                f"tape={'kept' if self.tape is not None else None})")
+__all__ = ["forward", "backward", "readout", "readout_backward", "prepare", "ForwardResult",
+           "Gradients", "Tape", "ReadoutTape"]
 
 
-class Gradients:
-    """Result of :func:`backward`: dx (same shape as x), dh0, dc0 (lstm, else None) and
-    params, a dict with the same keys and shapes as the forward's params."""
-
-    __slots__ = ("dx", "dh0", "dc0", "params")
-
-    def __init__(self, dx, dh0, dc0, params):
-        self.dx, self.dh0, self.dc0, self.params = dx, dh0, dc0, params
-
-    def __repr__(self):
-        keys = ", ".join(f"{k}: {tuple(v.shape)}" for k, v in self.params.items())
-        return f"Gradients(dx={describe(self.dx)}, dh0={describe(self.dh0)}, params={{{keys}}})"
+def _arrays_of(params):
+    """(name, array) of a params mapping or of prepared weights, for the one-device check."""
+    if isinstance(params, PreparedWeights):
+        params = params.params
+    if isinstance(params, Mapping):
+        return [(f"params[{k!r}]", v) for k, v in params.items()]
+    return []
 
 
-class Tape:
-    """Everything :func:`backward` needs from one :func:`forward` call.
-
-    Holds the canonical (time-major, contiguous) inputs, the backend that ran the forward
-    and that backend's saved intermediates. A checksum of the inputs taken at forward
-    time is checked again at backward time, so a tape whose arrays were changed in place
-    in between (an optimiser step before backward, say) is refused instead of giving
-    silently wrong gradients. Large arrays are checksummed through evenly spaced elements
-    (``config.tape_digest_full`` / ``tape_digest_samples``), which catches any change that
-    touches more than a sliver.
-    """
-
-    __slots__ = ("cell", "backend", "x", "params", "weights", "h0", "c0", "lengths", "reverse",
-                 "saved", "layout", "_params_mutable", "_digest")
-
-    def __init__(self, cell, backend, x, params, weights, h0, c0, lengths, reverse, saved,
-                 layout, guard=True, params_mutable=True):
-        self.cell, self.backend = cell, backend
-        self.x, self.params, self.weights, self.h0, self.c0 = x, params, weights, h0, c0
-        self.lengths, self.reverse, self.saved, self.layout = lengths, reverse, saved, layout
-        self._params_mutable = params_mutable      # False for prepared weights: a snapshot
-        self._digest = self._compute_digest() if guard else None
-
-    def _arrays(self):
-        yield "x", self.x
-        yield "h0", self.h0
-        if self.c0 is not None:
-            yield "c0", self.c0
-        if self._params_mutable:
-            for k, v in self.params.items():
-                yield f"params[{k!r}]", v
-
-    def _compute_digest(self):
-        return tuple(_digest(a) for _, a in self._arrays())
-
-    def verify(self) -> None:
-        """Raise ValueError if an array the tape depends on changed since the forward
-        (nothing is checked for a tape made with ``guard=False``)."""
-        if self._digest is None:
-            return
-        now = self._compute_digest()
-        if now != self._digest:
-            changed = [name for (name, _), a, b in zip(self._arrays(), now, self._digest) if a != b]
-            raise ValueError(f"tape: {', '.join(changed)} changed in place after the forward "
-                             f"that made this tape; its gradients would be wrong. Run forward "
-                             f"again on the current arrays, or pass copies to forward")
-
-    def __repr__(self):
-        T, B, I = self.x.shape
-        return (f"Tape(cell={self.cell.name!r}, backend={self.backend.name!r}, T={T}, B={B}, "
-                f"I={I}, H={self.h0.shape[1]}, dtype={self.x.dtype})")
+def _tf32(allow_tf32) -> bool:
+    return bool(config.allow_tf32 if allow_tf32 is None else allow_tf32)
 
 
-def _digest(a) -> int:
-    if a.size > config.tape_digest_full:
-        a = a.reshape(-1)[:: a.size // config.tape_digest_samples]
-    if is_cupy_array(a):                            # device arrays: fetch the small sample
-        a = a.get()
-    if not a.flags.c_contiguous:
-        a = np.ascontiguousarray(a)
-    return zlib.crc32(a)
-
-
-class _Layout:
-    """How the caller's arrays map onto the canonical (T, B, ·) form."""
-
-    __slots__ = ("unbatched", "batch_first", "T", "B", "I", "H", "C", "dtype")
-
-    def __init__(self, unbatched, batch_first, T, B, I, H, dtype, C=None):
-        """H: the width of h (P for lstmp); C: the width of the cell state c (H)."""
-        self.unbatched, self.batch_first = unbatched, batch_first
-        self.T, self.B, self.I, self.H, self.dtype = T, B, I, H, dtype
-        self.C = H if C is None else C
-
-    def seq_shape(self, width: int) -> tuple:
-        if self.unbatched:
-            return (self.T, width)
-        return (self.B, self.T, width) if self.batch_first else (self.T, self.B, width)
-
-    def state_shape(self, width: int | None = None) -> tuple:
-        width = self.H if width is None else width
-        return (width,) if self.unbatched else (self.B, width)
-
-    def seq_to_user(self, a):
-        if self.unbatched:
-            return a[:, 0, :]
-        return a.transpose(1, 0, 2) if self.batch_first else a
-
-    def seq_from_user(self, xp, a):
-        if self.unbatched:
-            a = a[:, None, :]
-        elif self.batch_first:
-            a = a.transpose(1, 0, 2)
-        return xp.ascontiguousarray(a)
-
-    def state_to_user(self, a):
-        return None if a is None else (a[0] if self.unbatched else a)
-
-    def state_from_user(self, xp, a):
-        return xp.ascontiguousarray(a[None, :] if self.unbatched else a)
-
-
-def _check_state(xp, name, a, layout: _Layout, width=None):
+def _check_state(xp, name, a, layout: Layout, width=None):
     a = as_array(xp, name, a)
     check_shape(name, a, layout.state_shape(width),
                 "H" if layout.unbatched else "(B, H): batch size and hidden size")
@@ -192,7 +74,8 @@ def _weights_for(spec, params, backend, x):
 
 
 def forward(cell, x, params, h0=None, c0=None, *, lengths=None, reverse=False,
-            batch_first=False, backend="auto", training=True, guard=True) -> ForwardResult:
+            batch_first=False, backend="auto", training=True, guard=True,
+            allow_tf32=None) -> ForwardResult:
     """Run a recurrent cell over a whole sequence.
 
     Args:
@@ -209,6 +92,10 @@ def forward(cell, x, params, h0=None, c0=None, *, lengths=None, reverse=False,
         batch_first: x and the returned h are (B, T, ·).
         backend: ``"auto"``, ``"numpy"``, ``"numba"`` or ``"cupy"``.
         training: keep a tape for :func:`backward`; False keeps nothing.
+        allow_tf32: let float32 products on the GPU use TF32 tensor cores (10-bit
+            mantissas: about 1e-3 relative error, see fastrnn.core.tolerances), forward and
+            this tape's backward; None takes ``config.allow_tf32`` (``FASTRNN_ALLOW_TF32``,
+            off by default: strict float32). CPU backends always compute in float32.
         guard: checksum the inputs, so that :func:`backward` refuses the tape once one of
             them was changed in place (prepared weights are a snapshot and need none).
             ``fastrnn.torch`` passes False: torch's version counters refuse the in-place
@@ -220,9 +107,11 @@ def forward(cell, x, params, h0=None, c0=None, *, lengths=None, reverse=False,
         :class:`ForwardResult` with ``h``, ``h_n``, ``c_n`` and ``tape``.
     """
     spec = get_cell(cell)
+    x_place = place(x)
+    check_same_place("x", x_place, _arrays_of(params) + [("h0", h0), ("c0", c0)])
     be, p, weights, mutable = _weights_for(spec, params, backend, x)
     xp = be.xp
-    x, unbatched = check_sequence_input(xp, x, be.dtypes, lengths)
+    x, unbatched = check_sequence_input(xp, x, be.dtypes, lengths, be.name)
     if unbatched:
         T, I = x.shape
         B = 1
@@ -246,14 +135,15 @@ def forward(cell, x, params, h0=None, c0=None, *, lengths=None, reverse=False,
         if x.dtype != p["W"].dtype:
             raise TypeError(f"x: expected dtype {p['W'].dtype} (the dtype of the prepared "
                             f"params), got {x.dtype}; mixed dtypes are not converted silently")
-    layout = _Layout(unbatched, bool(batch_first) and not unbatched, T, B, I, H, x.dtype,
-                     spec.sizes_of(p)[0])
+    layout = Layout(unbatched, bool(batch_first) and not unbatched, T, B, I, H, x.dtype,
+                    spec.sizes_of(p)[0])
     return _run_forward(spec, be, layout.seq_from_user(xp, x), p, weights, h0, c0, lengths,
-                        bool(reverse), bool(training), layout, bool(guard), mutable)
+                        bool(reverse), bool(training), layout, bool(guard), mutable,
+                        _tf32(allow_tf32), x_place)
 
 
 def _run_forward(spec, be, x3, params, weights, h0, c0, lengths, reverse, training, layout,
-                 guard, params_mutable):
+                 guard, params_mutable, tf32=False, x_place=None):
     """The rest of :func:`forward` once x (time-major x3) and the weights are checked."""
     xp = be.xp
     B, H = layout.B, layout.H
@@ -268,12 +158,13 @@ def _run_forward(spec, be, x3, params, weights, h0, c0, lengths, reverse, traini
     else:
         c0c = None
     lens = check_lengths(lengths, layout.T, B)
-    out = be.forward(spec, x3, weights, h0c, c0c, lens, reverse, training)
+    extra = {"tf32": True} if tf32 else {}          # backends registered by others may not take it
+    out = be.forward(spec, x3, weights, h0c, c0c, lens, reverse, training, **extra)
     tape = None
     h = out.h
     if training:
         tape = Tape(spec, be, x3, params, weights, h0c, c0c, lens, reverse, out.saved, layout,
-                    guard=guard, params_mutable=params_mutable)
+                    guard=guard, params_mutable=params_mutable, tf32=tf32, x_place=x_place)
         if isinstance(h, np.ndarray):
             h.flags.writeable = False
     return ForwardResult(layout.seq_to_user(h), layout.state_to_user(out.h_n),
@@ -317,6 +208,8 @@ def backward(tape, dh=None, dh_n=None, dc_n=None, *, backend=None) -> Gradients:
                              f"arrays cannot be read by backend {name!r}. Run forward on "
                              f"{name!r} to differentiate there")
     tape.verify()
+    check_same_place("the forward's x", tape.x_place or place(tape.x),
+                     [("dh", dh), ("dh_n", dh_n), ("dc_n", dc_n)])
     lay, xp = tape.layout, be.xp
     if dh is not None:
         dh = _check_grad(xp, "dh", dh, lay.seq_shape(lay.H), lay, "the shape of res.h")
@@ -331,28 +224,13 @@ def backward(tape, dh=None, dh_n=None, dc_n=None, *, backend=None) -> Gradients:
         dc_n = lay.state_from_user(xp, _check_grad(xp, "dc_n", dc_n, lay.state_shape(lay.C),
                                                    lay, "the shape of res.c_n"))
     g = be.backward(tape.cell, tape.saved, tape.x, tape.weights, tape.h0, tape.c0,
-                    tape.lengths, tape.reverse, dh, dh_n, dc_n)
+                    tape.lengths, tape.reverse, dh, dh_n, dc_n,
+                    **({"tf32": True} if tape.tf32 else {}))
     return Gradients(lay.seq_to_user(g.dx), lay.state_to_user(g.dh0),
                      lay.state_to_user(g.dc0), g.params)
 
 
 # ------------------------------------------------------------------------------ readout
-
-class ReadoutTape:
-    """What :func:`readout_backward` needs: h (N, H), Wy, y (N, n_y), activation, shape."""
-
-    __slots__ = ("backend", "h2", "Wy", "y2", "activation", "lead_shape", "_digest")
-
-    def __init__(self, backend, h2, Wy, y2, activation, lead_shape):
-        self.backend, self.h2, self.Wy, self.y2 = backend, h2, Wy, y2
-        self.activation, self.lead_shape = activation, lead_shape
-        self._digest = (_digest(h2), _digest(Wy))
-
-    def verify(self):
-        if (_digest(self.h2), _digest(self.Wy)) != self._digest:
-            raise ValueError("rtape: h or Wy changed in place after the readout that made this "
-                             "tape; run readout again on the current arrays")
-
 
 def readout(h, Wy, by, activation="softmax", *, backend="auto"):
     """Per-step prediction ``y = activation(h @ Wy + by)`` as one GEMM over all steps.
@@ -365,6 +243,8 @@ def readout(h, Wy, by, activation="softmax", *, backend="auto"):
     Returns:
         (y, rtape): y (..., n_y) and the tape for :func:`readout_backward`.
     """
+    h_place = place(h)
+    check_same_place("h", h_place, [("Wy", Wy), ("by", by)])
     be = _backends.resolve(backend, h)
     xp = be.xp
     if activation not in READOUT_ACTIVATIONS:
@@ -386,7 +266,8 @@ def readout(h, Wy, by, activation="softmax", *, backend="auto"):
     lead = tuple(h.shape[:-1])
     h2 = xp.ascontiguousarray(h.reshape(-1, H))
     y2 = be.readout(h2, xp.ascontiguousarray(Wy), by, activation)
-    return y2.reshape(lead + (Wy.shape[1],)), ReadoutTape(be, h2, Wy, y2, activation, lead)
+    return y2.reshape(lead + (Wy.shape[1],)), ReadoutTape(be, h2, Wy, y2, activation, lead,
+                                                          h_place)
 
 
 def readout_backward(rtape, dy):
@@ -395,6 +276,7 @@ def readout_backward(rtape, dy):
         raise TypeError(f"rtape: expected the tape returned by readout, got "
                         f"{type(rtape).__name__}")
     rtape.verify()
+    check_same_place("the readout's h", rtape.h_place or place(rtape.h2), [("dy", dy)])
     be, xp = rtape.backend, rtape.backend.xp
     n_y = rtape.Wy.shape[1]
     dy = as_array(xp, "dy", dy)
@@ -403,3 +285,36 @@ def readout_backward(rtape, dy):
     dh2, dWy, dby = be.readout_backward(rtape.h2, rtape.Wy, rtape.y2, rtape.activation,
                                         xp.ascontiguousarray(dy.reshape(-1, n_y)))
     return dh2.reshape(rtape.lead_shape + (rtape.h2.shape[1],)), dWy, dby
+
+
+# ------------------------------------------------------------------------ prepared weights
+
+def prepare(cell, params, backend="auto") -> PreparedWeights:
+    """Check, copy and pack ``params`` of ``cell`` once, for ``backend``.
+
+    Args:
+        cell: cell name (see :mod:`fastrnn.core.cells`) or spec.
+        params: mapping name -> array with the shapes of the cell (W (I, G*H), U (H, G*H),
+            b (G*H,), bn (H,) for gru), one float dtype, all on one device.
+        backend: ``"auto"`` (chosen from the type of ``params["W"]``, as for inputs), a
+            backend name or object.
+
+    Returns:
+        :class:`~fastrnn.core.prepared.PreparedWeights`, accepted by :func:`forward`,
+        :class:`fastrnn.Stepper` and the layers wherever ``params`` is; :func:`backward` of
+        such a forward returns gradients with the keys of ``params``.
+    """
+    spec = get_cell(cell)
+    if isinstance(params, PreparedWeights):
+        raise TypeError(f"params: already a PreparedWeights ({params!r}); pass it to forward "
+                        f"as it is, or prepare its .params again for another backend")
+    W = params.get("W") if isinstance(params, Mapping) else None
+    check_same_place("params['W']", W, _arrays_of(params))
+    be = _backends.resolve(backend, W)
+    if W is not None and getattr(W, "ndim", None) != 2:
+        raise ValueError(f"params['W']: expected a 2-d array (I, {spec.num_gates}*H), got "
+                         f"{describe(W)}")
+    checked, _ = check_params(be.xp, spec, params, 0 if W is None else int(W.shape[0]),
+                              be.dtypes)
+    snapshot = {k: be.xp.array(a, copy=True, order="C") for k, a in checked.items()}
+    return PreparedWeights(spec, be, read_only_views(snapshot), be.prepare(spec, snapshot))
