@@ -5,19 +5,28 @@
 #     GPU machines have no hatchling and no internet; wheels carried in .whl/ go first),
 #     and stops (exit 2) unless fastrnn comes from here and its cupy backend can run;
 #  2. runs the GPU suite: every test that runs on the cupy backend or the GPU (pytest -k
-#     "cupy or gpu or nvrtc": the backend-vs-reference tests with backend="cupy", tests/
-#     test_gpu.py, the CUDA tests of fastrnn.torch, tests/test_nvrtc_compile.py);
-#     FASTRNN_GPU_SUITE=all runs the whole suite instead. The CPU-only tests are CI's job;
-#  3. runs the GPU benchmark against PyTorch's cuDNN RNNs: strict float32, then TF32.
+#     "(cupy or gpu) and not emulated": the backend-vs-reference tests with backend="cupy",
+#     tests/test_gpu.py, the CUDA tests of fastrnn.torch); FASTRNN_GPU_SUITE=all runs the
+#     whole suite instead. The CPU-only tests, the compile checks and the CUDA emulation
+#     are CI's job;
+#  3. runs the GPU benchmarks against PyTorch's cuDNN RNNs: strict float32 (every size, both
+#     paths), TF32 and bfloat16 (the goal sizes), the persistent kernels' splits, and the
+#     char-LM training loop through fastrnn.torch.
+#
+# FASTRNN_GPU_PHASES (default "tests,sanitize,strict,tf32,bf16,sweep,train") picks the
+# phases (sanitize: compute-sanitizer's memcheck and racecheck on bench/gpu_sanitize.py), in
+# that order; FASTRNN_GPU_BUDGET_S (default 570) is the time the script plans for in all.
+# The notebook tests read the course notebook from FASTRNN_SHARED (a copy of ../shared
+# carried inside the checkout, e.g. .device/shared) when ../shared is not beside it.
 #
 # --check: steps 1 and 2 without a GPU or tests run: the import route, the kernel sources,
-# that the GPU suite collects without errors, that gpu_bench.py loads. Run it before
-# spending device time.
+# that the GPU suite collects without errors, that the benchmark scripts load. Run it
+# before spending device time.
 #
 # Writes into bench/results/ and, when $OUT is set (the device tool's output folder), into
 # $OUT as well:  gpu-tests-<device>.log and .json (counts, every failure and skip),
-# gpu-<device>.json/.md, gpu-<device>-tf32.json/.md. The device tool allows 600 s per
-# command; FASTRNN_GPU_BUDGET_S (default 570) is the total this script plans for.
+# gpu-<device>[-tf32|-bf16].json/.md, gpu-<device>-persist-sweep.json,
+# gpu-<device>-train-loop.json. The device tool allows 600 s per command.
 #
 # Exit status: 0 = every selected GPU test ran and passed; 1 = failures, errors or a
 # collection error; 3 = none failed but some were skipped (listed, with their reasons);
@@ -43,8 +52,8 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm 
 import importlib, sys
 print("python", sys.version.split()[0], sys.executable)
 for name in ("numpy", "numba", "cupy", "torch", "ml_dtypes", "pytest", "hypothesis",
-             "pytest_benchmark", "pytest_timeout", "keras", "rich", "threadpoolctl",
-             "matplotlib"):
+             "pytest_benchmark", "pytest_timeout", "expecttest", "keras", "rich",
+             "threadpoolctl", "matplotlib"):
     try:
         mod = importlib.import_module(name)
         print(f"  {name:17s} {getattr(mod, '__version__', '?')}")
@@ -126,7 +135,9 @@ PYEOF
 export PYTHONPATH=$PLUGIN_DIR:$PYTHONPATH
 export FASTRNN_GPU_SUMMARY=$SUMMARY
 
-SELECT=(-k "cupy or gpu or nvrtc")
+PHASES=",${FASTRNN_GPU_PHASES:-tests,sanitize,strict,tf32,bf16,sweep,train},"
+phase() { [[ "$PHASES" == *",$1,"* ]]; }
+SELECT=(-k "(cupy or gpu) and not emulated")
 [ "${FASTRNN_GPU_SUITE:-gpu}" = all ] && SELECT=()
 PYTEST_ARGS=(-rs -q -p no:cacheprovider -p fastrnn_gpu_suite --durations=15 "${SELECT[@]}")
 
@@ -139,14 +150,18 @@ if [ "$CHECK" = 1 ]; then
     echo "check: collecting the GPU suite failed (exit $RC)"; grep -E "ERROR|Error" "$PLUGIN_DIR/collect.txt" | head -n 20
     exit 1
   fi
-  echo "== check: bench/gpu_bench.py loads"
-  "$PY" bench/gpu_bench.py --help >/dev/null || { echo "check: gpu_bench.py --help failed"; exit 1; }
+  for script in gpu_bench.py gpu_persist_sweep.py gpu_sanitize.py train_loop.py; do
+    echo "== check: bench/$script loads"
+    "$PY" bench/$script --help >/dev/null || { echo "check: $script --help failed"; exit 1; }
+  done
   echo "check passed: fastrnn imports from this checkout and the GPU suite collects"
   exit 0
 fi
 
+TEST_RC=0
+if phase tests; then
 echo "== GPU tests (log: $LOG)"
-TEST_BUDGET=$(($(left) - 200))
+TEST_BUDGET=$(($(left) - ${FASTRNN_GPU_BENCH_S:-200}))
 [ "$TEST_BUDGET" -gt 300 ] && TEST_BUDGET=300
 if "$PY" -c "import pytest_timeout" 2>/dev/null; then
   PYTEST_ARGS+=(--timeout=150)
@@ -187,34 +202,55 @@ case $TEST_RC in
   124) echo "GPU tests: stopped at the ${TEST_BUDGET}s budget (pytest exit $PYTEST_RC)" ;;
   *) echo "GPU tests: failures or errors (pytest exit $PYTEST_RC)" ;;
 esac
-
-echo "== benchmark, strict float32"
-BENCH_BUDGET=$(($(left) - 110))
-if [ "$BENCH_BUDGET" -gt 40 ]; then
-  "$PY" bench/gpu_bench.py --out "$RESULTS" --budget-s "$BENCH_BUDGET" \
-    || echo "benchmark (strict) failed with exit $?"
-else
-  echo "skipped: only $(left) s left"
+if [ -n "${OUT:-}" ]; then mkdir -p "$OUT" && cp "$LOG" "$SUMMARY" "$OUT"/ 2>/dev/null; fi
 fi
 
-echo "== benchmark, TF32 allowed"
-BENCH_BUDGET=$(($(left) - 40))
-if [ "$BENCH_BUDGET" -gt 40 ]; then
-  "$PY" bench/gpu_bench.py --tf32 --quick --out "$RESULTS" --budget-s "$BENCH_BUDGET" \
-    || echo "benchmark (TF32) failed with exit $?"
-else
-  echo "skipped: only $(left) s left"
+# run_bench NAME SHARE COMMAND...: the command with at most SHARE of what is left (in
+# percent, at least 40 s), killed at that limit; the scripts write their own files.
+run_bench() {
+  local name=$1 share=$2; shift 2
+  local budget=$(( $(left) * share / 100 ))
+  if [ "$budget" -lt 40 ]; then echo "== $name: skipped, only $(left) s left"; return; fi
+  echo "== $name (at most ${budget} s)"
+  timeout --signal=INT --kill-after=10 "$budget" "$@" --budget-s $((budget - 25)) \
+    || echo "$name: exit $?"
+}
+if phase sanitize; then
+  SAN=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null | head -n 1)
+  if [ -n "$SAN" ]; then
+    for tool in memcheck racecheck; do
+      cells=rnn_tanh,lstm,gru,gru_reset_before,lstmp
+      [ "$tool" = racecheck ] && cells=lstm,gru
+      echo "== compute-sanitizer --tool $tool ($cells)"
+      timeout --signal=INT --kill-after=10 "${FASTRNN_SANITIZE_S:-60}" "$SAN" --tool "$tool" \
+        --error-exitcode 9 "$PY" bench/gpu_sanitize.py --cells $cells 2>&1 | tail -n 25
+      echo "compute-sanitizer $tool: exit ${PIPESTATUS[0]}"
+    done
+  else
+    echo "== compute-sanitizer: not found"
+  fi
 fi
-
-if [ -n "${OUT:-}" ]; then
-  mkdir -p "$OUT" && cp "$LOG" "$SUMMARY" "$OUT"/ 2>/dev/null
-  # gpu_bench.py writes its json/md into $OUT itself
+phase strict && run_bench "benchmark, strict float32" 45 \
+  "$PY" bench/gpu_bench.py --out "$RESULTS" --precision strict --paths
+phase tf32 && run_bench "benchmark, TF32 allowed" 35 \
+  "$PY" bench/gpu_bench.py --out "$RESULTS" --precision tf32 --quick
+phase bf16 && run_bench "benchmark, bfloat16" 45 \
+  "$PY" bench/gpu_bench.py --out "$RESULTS" --precision bf16 --quick
+phase sweep && run_bench "persistent kernels' splits" 60 \
+  "$PY" bench/gpu_persist_sweep.py --out "$RESULTS"
+if phase train && [ "$(left)" -gt 40 ]; then
+  echo "== char-LM training loop on CUDA"
+  timeout --signal=INT --kill-after=10 $(( $(left) - 10 )) "$PY" bench/train_loop.py \
+    --device cuda --batch 64 --seq-len 100 --embed 256 --hidden 512 --layers 2 \
+    --warmup 3 --steps 10 --rounds 3 --json "$RESULTS/gpu-$SLUG-train-loop.json" \
+    || echo "train loop: exit $?"
+  [ -n "${OUT:-}" ] && cp "$RESULTS/gpu-$SLUG-train-loop.json" "$OUT"/ 2>/dev/null
 fi
 
 echo "== summary"
-grep -E "^(FAILED|ERROR)|passed|failed|error" "$LOG" | tail -n 25
-for f in "$RESULTS/gpu-$SLUG.md" "$RESULTS/gpu-$SLUG-tf32.md"; do
-  [ -f "$f" ] && grep -E "^Goals met|^Cooperative launch|^Persistent path|^Single step|^Not run" "$f" \
+[ -f "$LOG" ] && grep -E "^(FAILED|ERROR)|passed|failed|error" "$LOG" | tail -n 25
+for f in "$RESULTS/gpu-$SLUG.md" "$RESULTS/gpu-$SLUG-tf32.md" "$RESULTS/gpu-$SLUG-bf16.md"; do
+  [ -f "$f" ] && grep -E "^Goals met|^Host's share|^Single step|^Not run" "$f" \
     | sed "s|^|$(basename "$f"): |"
 done
 echo "elapsed $(( $(date +%s) - START )) s; GPU tests exit $TEST_RC (0 = all ran and passed)"

@@ -12,6 +12,12 @@ function.
     python bench/train_loop.py                       # GRU and LSTM, default sizes
     python bench/train_loop.py --steps 3 --rounds 1  # a smoke run
     python bench/train_loop.py --json bench/results/train_loop.json
+    python bench/train_loop.py --device cuda --batch 64 --seq-len 100 --embed 256 \
+        --hidden 512 --layers 2                      # on a GPU: cuDNN against the cupy backend
+
+On CUDA both run with torch's default precision settings (cuDNN's RNNs may use TF32, and
+fastrnn.torch follows the same switch); every step ends in ``loss.item()``, which waits
+for the device, so the host clock times whole steps.
 """
 
 from __future__ import annotations
@@ -86,10 +92,12 @@ def bench_cell(cell, args, dtype):
     fast = CharLM(fast_cls, args.vocab, args.embed, args.hidden, args.layers, dtype,
                   backend=args.backend)
     fast.load_state_dict(ref.state_dict())
+    ref, fast = ref.to(args.device), fast.to(args.device)
     models = {"torch.nn": ref, "fastrnn": fast}
     opts = {k: torch.optim.Adam(m.parameters(), lr=args.lr) for k, m in models.items()}
     n = args.warmup + args.rounds * args.steps
-    batches = markov_batches(n, args.batch, args.seq_len, args.vocab, args.seed + 1)
+    batches = [(a.to(args.device), b.to(args.device))
+               for a, b in markov_batches(n, args.batch, args.seq_len, args.vocab, args.seed + 1)]
     losses = {k: train_steps(m, opts[k], batches[:args.warmup], args.vocab)
               for k, m in models.items()}                          # warm-up, JIT, caches
     rates = {k: [] for k in models}
@@ -165,6 +173,7 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=3, help="timed rounds, alternating models")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--backend", default="auto", help="fastrnn backend of the fastrnn model")
+    ap.add_argument("--device", default="cpu", help="torch device of both models (cpu, cuda)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args(argv)
@@ -177,13 +186,17 @@ def main(argv=None):
 
     threads = _limit_threads(args.threads)
     dtype = getattr(torch, args.dtype)
-    backend = (fastrnn.backends.auto_backend_name(np.empty(0)) if args.backend == "auto"
-               else args.backend)
+    if args.device != "cpu":
+        backend = "cupy" if args.backend == "auto" else args.backend
+    else:
+        backend = (fastrnn.backends.auto_backend_name(np.empty(0)) if args.backend == "auto"
+                   else args.backend)
     results = [bench_cell(cell, args, dtype) for cell in args.cells]
 
     print(f"char-LM training, B={args.batch} T={args.seq_len} V={args.vocab} E={args.embed} "
-          f"H={args.hidden} layers={args.layers} {args.dtype}, {args.rounds}x{args.steps} timed "
-          f"steps after {args.warmup} warm-up, threads {threads}, fastrnn backend {backend!r}")
+          f"H={args.hidden} layers={args.layers} {args.dtype} on {args.device}, {args.rounds}x"
+          f"{args.steps} timed steps after {args.warmup} warm-up, threads {threads}, fastrnn "
+          f"backend {backend!r}")
     head = (f"{'cell':<6}{'torch.nn step/s':>17}{'fastrnn step/s':>16}{'speedup':>9}"
             f"{'loss torch':>12}{'loss fastrnn':>14}{'max |dloss|':>13}")
     print(head)

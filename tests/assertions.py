@@ -5,14 +5,17 @@ Errors are relative norms, ||a - b|| / ||b||, of whole arrays (see ``rel_err``).
 
 import numpy as np
 
-from fastrnn.core.tolerances import (FLOAT32_CONDITIONING_FACTOR, TOLERANCES, rel_err)
+from fastrnn.core.tolerances import (FLOAT32_CONDITIONING_FACTOR, TOLERANCES, rel_err,
+                                     tolerance)
 
 
 def assert_close(a, b, dtype, kind, what="", table=TOLERANCES):
-    """Fail with the measured error when rel_err(a, b) exceeds the tolerance of (dtype, kind)."""
-    tol = table[np.dtype(dtype).name][kind]
+    """Fail with the measured error when rel_err(a, b) exceeds the tolerance of (dtype, kind);
+    dtype may be "tf32" (float32 with TF32 products)."""
+    tol = tolerance(dtype, kind, table)
     err = rel_err(a, b)
-    assert err <= tol, f"{what}: relative error {err:.3e} > {tol:.0e} ({np.dtype(dtype).name}, {kind})"
+    name = dtype if dtype == "tf32" else np.dtype(dtype).name
+    assert err <= tol, f"{what}: relative error {err:.3e} > {tol:.0e} ({name}, {kind})"
     return err
 
 

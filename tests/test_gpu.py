@@ -363,21 +363,27 @@ def test_each_kernel_is_compiled_once(cp, rng):
 TORCH_CELLS = {"lstm": "LSTM", "gru": "GRU", "rnn_tanh": "RNN", "rnn_relu": "RNN"}
 
 
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("dtype", ["float64", "float32", "tf32"])
 @pytest.mark.parametrize("cell", list(TORCH_CELLS))
 def test_matches_cudnn_on_the_same_gpu(cp, rng, cell, dtype):
-    """PyTorch's nn.LSTM / GRU / RNN through cuDNN (TF32 off), forward and every gradient."""
+    """PyTorch's nn.LSTM / GRU / RNN through cuDNN, forward and every gradient, like with
+    like: strict float32 on both sides (cuDNN's TF32 off: torch.backends.cudnn.flags resets
+    allow_tf32 to True unless told, which the first GPU run tripped over), or TF32 allowed
+    on both ("tf32": float32 storage, allow_tf32=True here)."""
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
         pytest.skip("PyTorch here has no CUDA (a CPU build, or no device it can use)")
     if not torch.backends.cudnn.is_available():
         pytest.skip("PyTorch here has no cuDNN")
     from fastrnn import convert
+    tf32 = dtype == "tf32"
+    dtype = "float32" if tf32 else dtype
     T, B, I, H = 25, 8, 12, 32
     x, params, h0, c0, _ = make_problem(rng, cell, T, B, I, H, dtype, states=True)
     dh, dh_n, dc_n = make_upstream(rng, cell, T, B, H, dtype)
-    ours = _results(*_run(cell, *_to_device(cp, x, params, h0, c0), None, False,
-                          *_to_device(cp, dh, dh_n, dc_n)))
+    res = fastrnn.forward(cell, *_to_device(cp, x, params, h0, c0), backend="cupy",
+                          allow_tf32=tf32)
+    ours = _results(res, fastrnn.backward(res.tape, *_to_device(cp, dh, dh_n, dc_n)))
 
     kwargs = {"nonlinearity": cell[4:]} if cell.startswith("rnn_") else {}
     tdt = getattr(torch, dtype)
@@ -386,10 +392,9 @@ def test_matches_cudnn_on_the_same_gpu(cp, rng, cell, dtype):
     dev = lambda a: torch.tensor(a, device="cuda", dtype=tdt)          # noqa: E731
     xt = dev(x).requires_grad_(True)
     h0t = dev(h0[None]).requires_grad_(True)
-    tf32 = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False
+    before = torch.backends.cudnn.allow_tf32
     try:
-        with torch.backends.cudnn.flags(enabled=True):
+        with torch.backends.cudnn.flags(enabled=True, allow_tf32=tf32):
             if cell == "lstm":
                 c0t = dev(c0[None]).requires_grad_(True)
                 out, (hn, cn) = module(xt, (h0t, c0t))
@@ -400,7 +405,7 @@ def test_matches_cudnn_on_the_same_gpu(cp, rng, cell, dtype):
                 loss = (out * dev(dh)).sum() + (hn[0] * dev(dh_n)).sum()
             loss.backward()
     finally:
-        torch.backends.cudnn.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = before
     G = fastrnn.get_cell(cell).num_gates
     theirs = {"h": out, "h_n": hn[0], "dx": xt.grad, "dh0": h0t.grad[0],
               "dW": module.weight_ih_l0.grad.T, "dU": module.weight_hh_l0.grad.T,
@@ -412,8 +417,8 @@ def test_matches_cudnn_on_the_same_gpu(cp, rng, cell, dtype):
         assert module.bias_hh_l0.grad.shape[0] == G * H
     for name, a in ours.items():
         kind = "forward" if name in ("h", "h_n", "c_n") else "grad"
-        assert_close(a, theirs[name], dtype, kind, f"{cell} {name} vs cuDNN",
-                     table=TORCH_TOLERANCES)
+        assert_close(a, theirs[name], "tf32" if tf32 else dtype, kind,
+                     f"{cell} {name} vs cuDNN", table=TORCH_TOLERANCES)
 
 
 # ------------------------------------------------------------------ persistent kernels
@@ -424,15 +429,15 @@ PERSISTENT_CELLS = ["rnn_tanh", "rnn_relu", "lstm", "gru"]
 def _persistent_fits(cell, B, H, dtype):
     from fastrnn.backends.cupy import persistent as cb
     spec = fastrnn.get_cell(cell)
-    return all(cb.persistent_plan(spec, B, H, np.dtype(dtype), backward=bw) is not None
+    return all(cb.plan(spec, B, H, np.dtype(dtype), backward=bw) is not None
                for bw in (False, True))
 
 
 def _require_cooperative_launch():
     """Skips, saying so, where the device reports no cooperative launch (the persistent
     kernels need all their blocks resident at once)."""
-    from fastrnn.backends.cupy import persistent as cb
-    if not cb._device_limits()[2]:
+    from fastrnn.backends.cupy import device
+    if not device.limits().cooperative:
         pytest.skip("this device reports no cooperative launch (cudaDevAttrCooperativeLaunch "
                     "is 0): the persistent kernels cannot run here")
 
@@ -497,11 +502,127 @@ def test_persistent_kernels_are_deterministic(cp, rng, monkeypatch, cell):
 def test_persistent_mode_leaves_gru_reset_before_on_the_per_step_path(cp, rng, monkeypatch):
     from fastrnn.backends.cupy import persistent as cb
     monkeypatch.setattr(fastrnn.config, "cupy_persistent", "1")
-    assert cb.persistent_plan(fastrnn.get_cell("gru_reset_before"), 4, 64,
-                              np.dtype("float32"), backward=False) is None
+    assert cb.plan(fastrnn.get_cell("gru_reset_before"), 4, 64, np.dtype("float32"),
+                   backward=False) is None
     x, params, h0, c0, lens = make_problem(rng, "gru_reset_before", 6, 4, 8, 64, "float64",
                                            lengths=True)
     ref = fastrnn.forward("gru_reset_before", x, params, lengths=lens, backend="numpy")
     got = fastrnn.forward("gru_reset_before", *_to_device(cp, x, params), lengths=lens,
                           backend="cupy")
     assert_close(got.h, ref.h, "float64", "forward", "gru_reset_before h")
+
+
+@pytest.mark.parametrize("B,H,split", [(64, 512, (2, 32)), (16, 1024, None), (64, 256, None),
+                                       (3, 200, (3, 40))])
+@pytest.mark.parametrize("cell", PERSISTENT_CELLS)
+def test_persistent_kernels_at_the_goal_sizes(cp, rng, monkeypatch, cell, B, H, split):
+    """The persistent kernels at the sizes the speed goals name, on the planner's choice
+    and on forced splits (several batch groups), float32, against the per-step path and
+    the float64 reference."""
+    _require_cooperative_launch()
+    monkeypatch.setattr(fastrnn.config, "cupy_persistent", "1")
+    monkeypatch.setattr(fastrnn.config, "cupy_persistent_split", split)
+    assert _persistent_fits(cell, B, H, "float32")
+    T, I = 10, 64
+    x, params, h0, c0, lens = make_problem(rng, cell, T, B, I, H, "float32", lengths=True,
+                                           states=True)
+    dh, dh_n, dc_n = make_upstream(rng, cell, T, B, H, "float32")
+    up = [None if a is None else (a.astype(np.float64) if isinstance(a, np.ndarray) else
+                                  {k: v.astype(np.float64) for k, v in a.items()})
+          for a in (x, params, h0, c0, dh, dh_n, dc_n)]
+    ref = _results(*_run(cell, *up[:4], lens, True, *up[4:], backend="numpy"))
+    got = _results(*_run(cell, *_to_device(cp, x, params, h0, c0), lens, True,
+                         *_to_device(cp, dh, dh_n, dc_n)))
+    for name, a in got.items():
+        kind = "forward" if name in ("h", "h_n", "c_n") else "grad"
+        if kind == "grad" and cell == "rnn_relu":
+            continue
+        assert_close(a, ref[name], "float32", kind, f"{cell} B={B} H={H} persistent {name}")
+
+
+# ------------------------------------------------------------------ precision modes
+
+@pytest.mark.parametrize("T", [30, 200])
+@pytest.mark.parametrize("path", ["0", "1"], ids=["per-step", "persistent"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_tf32_matches_the_float64_reference(cp, rng, monkeypatch, cell, path, T):
+    """allow_tf32=True: within the "tf32" tolerance of the float64 reference (B = 8,
+    I = H = 64, lengths, reverse, initial states), forward and every gradient."""
+    if path == "1":
+        _require_cooperative_launch()
+    monkeypatch.setattr(fastrnn.config, "cupy_persistent", path)
+    B, I, H = 8, 64, 64
+    x, params, h0, c0, lens = make_problem(rng, cell, T, B, I, H, "float32", lengths=True,
+                                           states=True)
+    dh, dh_n, dc_n = make_upstream(rng, cell, T, B, H, "float32")
+    up = [None if a is None else (a.astype(np.float64) if isinstance(a, np.ndarray) else
+                                  {k: v.astype(np.float64) for k, v in a.items()})
+          for a in (x, params, h0, c0, dh, dh_n, dc_n)]
+    ref = _results(*_run(cell, *up[:4], lens, True, *up[4:], backend="numpy"))
+    res = fastrnn.forward(cell, *_to_device(cp, x, params, h0, c0), lengths=lens, reverse=True,
+                          backend="cupy", allow_tf32=True)
+    got = _results(res, fastrnn.backward(res.tape, *_to_device(cp, dh, dh_n, dc_n)))
+    for name, a in got.items():
+        kind = "forward" if name in ("h", "h_n", "c_n") else "grad"
+        if kind == "grad" and cell == "rnn_relu":
+            continue
+        assert_close(a, ref[name], "tf32", kind, f"{cell} TF32 T={T} {name}")
+
+
+# ------------------------------------------------------------------ robust on the device
+
+def test_a_buffer_past_2_31_elements(cp, rng):
+    """T * B * 4H > 2^31 (the gates' tape, x @ W and the gate gradients): the last rows equal
+    a run of those rows alone (every index of the kernels is 64-bit)."""
+    T, I, H = 4, 4, 1024
+    B = (1 << 31) // (T * 4 * H) + 8
+    free = cp.cuda.runtime.memGetInfo()[0]
+    if free < 48 * 2**30:
+        pytest.skip(f"needs about 40 GiB of free device memory, {free / 2**30:.0f} GiB here")
+    x, params, *_ = make_problem(rng, "lstm", T, 2, I, H, "float32")
+    pd = _to_device(cp, params)[0]
+    xs = cp.asarray(x)
+    small = fastrnn.forward("lstm", xs, pd, backend="cupy")
+    gs = fastrnn.backward(small.tape, dh_n=cp.ones((2, H), cp.float32))
+    big_x = cp.zeros((T, B, I), cp.float32)
+    big_x[:, -2:] = xs
+    big = fastrnn.forward("lstm", big_x, pd, backend="cupy")
+    assert T * B * 4 * H > 2**31
+    gb = fastrnn.backward(big.tape, dh_n=cp.ones((B, H), cp.float32))
+    for name, a, b in (("h", big.h[:, -2:], small.h), ("h_n", big.h_n[-2:], small.h_n),
+                       ("c_n", big.c_n[-2:], small.c_n), ("dx", gb.dx[:, -2:], gs.dx),
+                       ("dh0", gb.dh0[-2:], gs.dh0)):
+        assert_close(a, b, "float32", "forward" if name[0] != "d" else "grad", name)
+    del big, gb, big_x
+    cp.get_default_memory_pool().free_all_blocks()
+
+
+def test_out_of_memory_names_the_buffer_and_a_small_call_works_after(cp, rng):
+    x, params, *_ = make_problem(rng, "lstm", 2, 2, 1, 128, "float32")
+    pd = _to_device(cp, params)[0]
+    total = cp.cuda.runtime.memGetInfo()[1]
+    T = int(2 * total // (1024 * 4 * 128 * 4)) + 1            # x @ W alone: twice the device
+    huge = cp.zeros((T, 1024, 1), cp.float32)
+    with pytest.raises(cp.cuda.memory.OutOfMemoryError) as info:
+        fastrnn.forward("lstm", huge, pd, backend="cupy")
+    msg = str(info.value)
+    for part in ("lstm forward (training)", f"T={T}", "B=1024", "H=128", "float32",
+                 "the input projection x @ W", "needs about", "free of"):
+        assert part in msg, f"{part!r} not in: {msg}"
+    del huge
+    cp.get_default_memory_pool().free_all_blocks()
+    assert fastrnn.forward("lstm", cp.asarray(x), pd, backend="cupy").h.shape == (2, 2, 128)
+
+
+def test_host_and_device_arrays_are_refused_side_by_side(cp, rng):
+    x, params, h0, c0, _ = make_problem(rng, "gru", 3, 2, 4, 5, "float32", states=True)
+    pd = _to_device(cp, params)[0]
+    with pytest.raises(TypeError, match=r"params\['W'\]: a numpy.ndarray \(host memory\) "
+                                        r"beside x, a cupy.ndarray \(GPU \d+\)"):
+        fastrnn.forward("gru", cp.asarray(x), params)
+    with pytest.raises(TypeError, match=r"h0: a numpy.ndarray"):
+        fastrnn.forward("gru", cp.asarray(x), pd, h0)
+    with pytest.raises(TypeError, match=r"x: a cupy.ndarray|params\['W'\]: a cupy.ndarray"):
+        fastrnn.forward("gru", x, pd, backend="cupy")
+    with pytest.raises(TypeError, match=r"expected a numpy.ndarray for backend 'numba'"):
+        fastrnn.forward("gru", cp.asarray(x), pd, backend="numba")

@@ -446,3 +446,64 @@ def test_cuda_module_matches_torch(kind):
     assert_close(xa.grad, xb.grad, kind="grad", what="dinput", **tol)
     for (n, pr), pm in zip(ref.named_parameters(), mod.parameters()):
         assert_close(pm.grad, pr.grad, kind="grad", what=n, **tol)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("steps", [30, 200])
+@pytest.mark.parametrize("amp", ["float16", "bfloat16"])
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_cuda_autocast_runs_in_the_autocast_dtype(kind, amp, steps):
+    """Under torch.autocast("cuda"), as torch.nn's RNNs: inputs, weights and outputs in the
+    autocast dtype (16-bit storage, float32 arithmetic on the cupy backend), gradients
+    reaching the float32 parameters in float32. Against the float64 reference on the same
+    rounded values, with the 16-bit tolerances, over 30 and 200 steps."""
+    _require_cuda()
+    from fastrnn.core.tolerances import TOLERANCES
+    dtype = getattr(torch, amp)
+    gen = torch.Generator().manual_seed(11)
+    mod, ref = make_pair(kind, "auto", dtype=torch.float32, num_layers=2)
+    mod = mod.cuda()
+    ref.load_state_dict({k: v.to(dtype).double() for k, v in mod.state_dict().items()})
+    ref = ref.double()
+    x = torch.randn(steps, B, I, generator=gen)
+    w = torch.randn(steps, B, H, generator=gen, dtype=torch.float64)
+    xc = x.cuda().requires_grad_()
+    with torch.autocast("cuda", dtype=dtype):
+        out, _ = mod(xc)
+    assert out.dtype == dtype, f"output {out.dtype} under autocast({amp})"
+    (out.double() * w.cuda()).sum().backward()
+    assert mod.weight_hh_l0.grad.dtype == torch.float32
+    x64 = x.to(dtype).double().requires_grad_()
+    out64, _ = ref(x64)
+    (out64 * w).sum().backward()
+    tol = TOLERANCES[amp]
+    assert_close(out.double().cpu(), out64.detach(), amp, "forward", f"{kind} output")
+    assert_close(xc.grad.double().cpu(), x64.grad, amp, "grad", f"{kind} dinput")
+    for (n, pr), pm in zip(ref.named_parameters(), mod.parameters()):
+        assert_close(pm.grad.double().cpu(), pr.grad, amp, "grad", f"{kind} {n}")
+    assert tol["forward"] > 0
+
+
+@pytest.mark.gpu
+def test_cuda_follows_torchs_tf32_switch(monkeypatch):
+    """fastrnn.torch on CUDA lets TF32 in exactly where torch.nn's cuDNN RNNs would."""
+    _require_cuda()
+    from fastrnn.interop import torch_function
+    seen = []
+    real = torch_function._forward
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("allow_tf32"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch_function, "_forward", spy)
+    mod = frt.LSTM(I, H).cuda()
+    x = torch.randn(T, B, I).cuda()
+    before = torch.backends.cudnn.allow_tf32
+    try:
+        for allowed in (True, False):
+            torch.backends.cudnn.allow_tf32 = allowed
+            mod(x)
+            assert seen[-1] is allowed
+    finally:
+        torch.backends.cudnn.allow_tf32 = before

@@ -56,10 +56,13 @@ def check_same_place(reference: str, ref, arrays) -> None:
 
 
 def as_array(xp, name: str, a, backend: str | None = None):
-    """``a`` as an array of module ``xp``; lists become arrays, foreign array types are refused."""
-    if isinstance(a, xp.ndarray):
+    """``a`` as an array of module ``xp``; lists and host (NumPy) arrays become arrays of
+    ``xp`` (for a GPU backend that is a copy to the device, the one it is asked for), other
+    libraries' arrays are refused."""
+    lib = library(a)
+    if isinstance(a, xp.ndarray) and (lib is None or lib == xp.__name__):
         return a
-    if is_foreign_array(a):
+    if is_foreign_array(a) or lib not in (None, "numpy", xp.__name__):
         on = f" backend {backend!r}" if backend else " this backend"
         raise TypeError(f"{name}: expected a {xp.__name__}.ndarray for{on}, which computes on "
                         f"{xp.__name__} arrays; got {where(a)}: {describe(a)}")
