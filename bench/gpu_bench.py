@@ -186,6 +186,7 @@ class Bench:
         module = getattr(torch.nn, name)(H, H, **kwargs).to("cuda", torch.float32)
         convert.to_torch(cell, params_np, module)
         module = module.to(self.torch_dtype)
+        module.flatten_parameters()          # cuDNN's weights in one buffer after the cast
         xt = torch.tensor(x_np, device="cuda").to(self.torch_dtype)
         dht = torch.tensor(dh_np, device="cuda").to(self.torch_dtype)
         return spec, (x, params, dh), (module, xt, dht)

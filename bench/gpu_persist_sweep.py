@@ -68,7 +68,7 @@ def main(argv=None) -> int:
         chosen = {bw: P.plan(spec, B, H, np.dtype("float32"), bw) for bw in (False, True)}
         pow2 = [1 << i for i in range(9)]
         splits = sorted({(g, n) for g in pow2 if g <= B for n in pow2 + [sms // g]
-                         if g * n <= sms})
+                         if 1 <= n and g * n <= sms})
         for groups, blocks in splits:
             if time.perf_counter() - started > args.budget_s:
                 break

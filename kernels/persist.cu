@@ -14,7 +14,8 @@
 // U[k, g H + j0 + jj]), then per unit the cell's forward; h and c of the block's own units
 // stay in `units` (hown, cown) besides being written to hs and cs, which the other blocks
 // and the backward read. hs, cs: (T+1, B, H) when keep (training), else (2, B, H) used
-// alternately; slot 0 holds h0, c0.
+// alternately; the first step reads h0 and c0 (which the host puts in slot 0 of the
+// training tape as well).
 // Backward, per step s = T-1 .. 0: per unit the cell's backward from carry (dL/dh after
 // the step), written as gate gradients dg_rec[s] (and dg_x[s]); the group barrier; then
 // rec = dg_rec[s][rows] @ W (W[k * cs + jj] = U[j0 + jj, k], k < G*H) and carry = direct +
@@ -74,6 +75,7 @@ __global__ void __launch_bounds__(PERSIST_MAX_THREADS, 1) persist_forward(
     const T* __restrict__ bias,    // (G*H,)
     const T* __restrict__ bias_n,  // (H,) gru, else null
     const T* __restrict__ U,       // (H, G*H)
+    const T* h0, const T* c0,      // (B, H) initial states (c0 null without a cell state)
     T* hs, T* cs,                  // (slots, B, H); cs null without a cell state
     T* __restrict__ out,           // (T, B, H)
     T* __restrict__ tape,          // (T, B, TAPE*H), or null (inference)
@@ -107,8 +109,8 @@ __global__ void __launch_bounds__(PERSIST_MAX_THREADS, 1) persist_forward(
     for (int q = tid; q < units; q += NT) {
         const int rr = q / pb.njb, jj = q - rr * pb.njb;
         const long long bh = (long long)(pb.r0 + rr) * H + pb.j0 + jj;
-        hown[rr * nj + jj] = load(hs, bh);
-        if (Cell::HAS_C) cown[rr * nj + jj] = load(cs, bh);
+        hown[rr * nj + jj] = load(h0, bh);
+        if (Cell::HAS_C) cown[rr * nj + jj] = load(c0, bh);
     }
     A bn[PF], gx_next[PF][G];
 #pragma unroll
@@ -125,7 +127,7 @@ __global__ void __launch_bounds__(PERSIST_MAX_THREADS, 1) persist_forward(
     unsigned int arrivals = 0;
 
     for (int s = 0; s < T_; ++s) {
-        const T* hp = hs + (keep ? s : (s & 1)) * BH;
+        const T* hp = s == 0 ? h0 : hs + (keep ? s : (s & 1)) * BH;
         T* hn = hs + (keep ? s + 1 : ((s + 1) & 1)) * BH;
         T* cn = Cell::HAS_C ? cs + (keep ? s + 1 : ((s + 1) & 1)) * BH : nullptr;
         block_matvec(hp + (long long)pb.r0 * H, (long long)H, pb.nr, H, W, scratch, hu, mv);

@@ -24,6 +24,7 @@
 #define PERSIST_PREFETCH 2      // units per thread whose next-step inputs are loaded a step ahead
 #define PERSIST_MAX_THREADS 256 // block size of the persistent kernels (their __launch_bounds__)
 #define PERSIST_BAR_STRIDE 32   // unsigned ints between the barrier counters of two groups
+#define PERSIST_STAGE_BATCH 8   // 4-element loads each thread has in flight while staging
 
 // ------------------------------------------------------------------ loads and stores
 
@@ -164,26 +165,42 @@ __device__ __forceinline__ void tile_fma(const A* S, int kstride, const A* W, in
 }
 
 // Stages columns k0 .. k0 + kq - 1 of rows 0 .. rs - 1 of src into S: rows past nr and
-// columns past K read as 0.
+// columns past K read as 0. Each thread issues PERSIST_STAGE_BATCH loads before it stores
+// any: an L2 load takes about a microsecond, and one at a time (a store between each, which
+// the loads' memory clobber keeps in order) made staging the slowest part of a step.
 template <typename T, typename A>
 __device__ __forceinline__ void stage_rows(const T* src, long long ld, int nr, int K, int k0,
                                            int kq, const MatvecShape& m, A* S) {
     const int quads = kq >> 2;
+    const int total = m.rs * quads;
+    const int NT = blockDim.x;
     const bool vec = vec_aligned(src) && (ld & 3) == 0;
-    for (int q = threadIdx.x; q < m.rs * quads; q += blockDim.x) {
-        const int r = q / quads;
-        const int kk = (q - r * quads) << 2;
-        const int k = k0 + kk;
-        A v[4];
-        if (r < nr && vec && k + 4 <= K) {
-            load_cg4(src + (long long)r * ld + k, v);
-        } else {
+    for (int base = threadIdx.x; base < total; base += PERSIST_STAGE_BATCH * NT) {
+        A v[PERSIST_STAGE_BATCH][4];
 #pragma unroll
-            for (int e = 0; e < 4; ++e)
-                v[e] = (r < nr && k + e < K) ? A(load_cg(src, (long long)r * ld + k + e)) : A(0);
+        for (int u = 0; u < PERSIST_STAGE_BATCH; ++u) {
+            const int q = base + u * NT;
+            if (q >= total) break;
+            const int r = q / quads;
+            const int k = k0 + ((q - r * quads) << 2);
+            if (r < nr && vec && k + 4 <= K) {
+                load_cg4(src + (long long)r * ld + k, v[u]);
+            } else {
+#pragma unroll
+                for (int e = 0; e < 4; ++e)
+                    v[u][e] = (r < nr && k + e < K) ? A(load_cg(src, (long long)r * ld + k + e))
+                                                    : A(0);
+            }
         }
 #pragma unroll
-        for (int e = 0; e < 4; ++e) S[r * m.kstride + kk + e] = v[e];
+        for (int u = 0; u < PERSIST_STAGE_BATCH; ++u) {
+            const int q = base + u * NT;
+            if (q >= total) break;
+            const int r = q / quads;
+            const int kk = (q - r * quads) << 2;
+#pragma unroll
+            for (int e = 0; e < 4; ++e) S[r * m.kstride + kk + e] = v[u][e];
+        }
     }
 }
 

@@ -17,14 +17,16 @@ MANGLED_CELLS = {"RnnTanh": "7RnnCellILb0EE", "RnnRelu": "7RnnCellILb1EE",
 
 
 def base_name(kernel: str) -> str:
-    """'step_forward<LstmCell>' -> 'step_forward'."""
-    return kernel.partition("<")[0]
+    """'step_forward<LstmCell>' -> 'step_forward', 'digest_arrays()' -> 'digest_arrays'."""
+    return kernel.partition("<")[0].partition("(")[0]
 
 
 def mangled_prefix(kernel: str, ctype: str) -> str:
     """The start of the mangled name of ``kernel`` (a name of nvrtc.KERNELS) for ``ctype``:
-    everything up to the end of its template arguments."""
+    everything up to the end of its template arguments (its name, for a plain function)."""
     name = base_name(kernel)
+    if kernel.endswith("()"):
+        return f"_Z{len(name)}{name}"
     cells = kernel[len(name):].strip("<>")
     args = "".join(MANGLED_CELLS[c.strip()] for c in cells.split(",") if c.strip())
     return f"_Z{len(name)}{name}I{args}{MANGLED_STORAGE[ctype]}E"

@@ -338,6 +338,12 @@ def test_a_failing_persistent_launch_is_an_error_not_a_fallback(emulated, monkey
     x, params, *_ = make_problem(rng, "lstm", 5, 2, 4, 8, "float32")
 
     class Broken:
+        max_dynamic_shared_size_bytes = 48 * 1024
+
+        @property
+        def kernel(self):
+            return self
+
         def __call__(self, *args, **kwargs):
             raise RuntimeError("cudaErrorIllegalAddress: an illegal memory access")
 
@@ -352,3 +358,31 @@ def test_config_mode_is_checked(emulated, monkeypatch, rng):
     monkeypatch.setattr(fastrnn.config, "cupy_persistent", "yes")
     with pytest.raises(ValueError, match="FASTRNN_CUPY_PERSISTENT"):
         fastrnn.forward("lstm", x, params, backend="cupy")
+
+
+# ----------------------------------------------------------------------- the tape's guard
+
+@pytest.mark.parametrize("size", [(3, 2, 4, 5), (40, 64, 30, 40)], ids=["whole", "sampled"])
+def test_device_checksums_catch_arrays_changed_in_place(emulated, rng, size):
+    """The tape's checksums of device arrays (taken on the device, compared after the
+    backward is queued) refuse a backward once x, h0 or a parameter changed in place, whole
+    or through its sample, and let it through otherwise."""
+    cp = emulated.xp
+    T, B, I, H = size
+    x, params, h0, c0, _ = make_problem(rng, "lstm", T, B, I, H, "float32", states=True)
+    dev = {k: cp.asarray(v) for k, v in params.items()}
+    xd, h0d = cp.asarray(x), cp.asarray(h0)
+    dh_n = cp.ones((B, H), cp.float32)
+    res = fastrnn.forward("lstm", xd, dev, h0d)
+    fastrnn.backward(res.tape, dh_n=dh_n)                      # unchanged: fine
+    for name, array in (("x", xd), ("h0", h0d), ("params['U']", dev["U"])):
+        res = fastrnn.forward("lstm", xd, dev, h0d)
+        flat = array.reshape(-1)
+        old = float(flat[0])
+        flat[0] = old + 1.0                                     # element 0 is always hashed
+        with pytest.raises(ValueError, match=re.escape(name) + ".*changed in place"):
+            fastrnn.backward(res.tape, dh_n=dh_n)
+        flat[0] = old
+    res = fastrnn.forward("lstm", xd, dev, h0d, guard=False)
+    dev["U"] += 1.0
+    fastrnn.backward(res.tape, dh_n=dh_n)                       # no guard: not checked

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from ..core.cells import CellSpec
+from ..core.results import digest
 from .readout import readout_backward, readout_forward
 
 
@@ -50,6 +51,9 @@ class Backend:
     name: str = "?"
     xp: Any = None
     dtypes: tuple[str, ...] = ("float32", "float64")
+    #: Whether :meth:`changed` answers only later (a GPU backend compares on the device):
+    #: the API then enqueues the backward before it waits for the answer.
+    checks_later: bool = False
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
@@ -82,6 +86,19 @@ class Backend:
         parameter gradients have the keys and shapes of the params ``weights`` came from.
         """
         raise NotImplementedError
+
+    def checksum(self, arrays) -> Any:
+        """A value that changes when any of ``arrays`` (this backend's, contiguous) changes:
+        the tape's guard against inputs changed in place between forward and backward. The
+        default: a checksum of each (of a sample of each large one) on the host."""
+        return tuple(digest(a) for a in arrays)
+
+    def changed(self, then, arrays):
+        """Compare ``arrays`` with ``then`` (a :meth:`checksum` of them); returns a function
+        that gives the indices of the arrays that changed."""
+        now = self.checksum(arrays)
+        diff = [i for i, (a, b) in enumerate(zip(then, now)) if a != b]
+        return lambda: diff
 
     def stepper(self, cell: CellSpec, weights, batch_size: int, dtype) -> "StepRunner":
         """A :class:`StepRunner` for streaming inference with these weights; the default

@@ -91,19 +91,32 @@ class Tape:
                 yield f"params[{k!r}]", v
 
     def _compute_digest(self):
-        return tuple(digest(a) for _, a in self._arrays())
+        return self.backend.checksum([a for _, a in self._arrays()])
+
+    def verify_start(self):
+        """Start comparing the arrays the tape depends on with their checksums from the
+        forward; returns a function that raises ValueError if any changed (it waits for the
+        comparison where a GPU backend runs it on the device: call it after enqueuing the
+        backward, which then needs no pause of the device). Nothing is checked for a tape
+        made with ``guard=False``."""
+        if self._digest is None:
+            return lambda: None
+        names = [name for name, _ in self._arrays()]
+        pending = self.backend.changed(self._digest, [a for _, a in self._arrays()])
+
+        def finish():
+            changed = [names[i] for i in pending()]
+            if changed:
+                raise ValueError(f"tape: {', '.join(changed)} changed in place after the "
+                                 f"forward that made this tape; its gradients would be wrong. "
+                                 f"Run forward again on the current arrays, or pass copies to "
+                                 f"forward")
+        return finish
 
     def verify(self) -> None:
         """Raise ValueError if an array the tape depends on changed since the forward
         (nothing is checked for a tape made with ``guard=False``)."""
-        if self._digest is None:
-            return
-        now = self._compute_digest()
-        if now != self._digest:
-            changed = [name for (name, _), a, b in zip(self._arrays(), now, self._digest) if a != b]
-            raise ValueError(f"tape: {', '.join(changed)} changed in place after the forward "
-                             f"that made this tape; its gradients would be wrong. Run forward "
-                             f"again on the current arrays, or pass copies to forward")
+        self.verify_start()()
 
     def __repr__(self):
         T, B, I = self.x.shape

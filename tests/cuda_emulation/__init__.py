@@ -129,6 +129,12 @@ class EmulatedKernel:
         self.max_dynamic_shared_size_bytes = 48 * 1024
         self.launches = 0
 
+    @property
+    def kernel(self):
+        """``RawKernel.kernel``, the compiled function: called with CuPy's launch options
+        (the persistent path's cooperative launch goes through it)."""
+        return self
+
     def __call__(self, grid, block, args, *, shared_mem=0, enable_cooperative_groups=False):
         grid, block = tuple(grid), tuple(block)
         if len(grid) != 1 or len(block) != 1:
@@ -190,7 +196,10 @@ class ndarray(np.ndarray):
     def device(self):
         return _Device()
 
-    def get(self, stream=None):
+    def get(self, stream=None, order="C", out=None, blocking=True):
+        if out is not None:
+            out[...] = self
+            return out
         return np.array(self, copy=True).view(np.ndarray)
 
 
@@ -219,6 +228,20 @@ class OutOfMemoryError(MemoryError):
         return (type(self), (self._size, self._total, self._limit))
 
 
+class _Event:
+    """cupy.cuda.Event: the emulation runs every launch to its end, so an event has always
+    passed."""
+
+    def __init__(self, *args, **kwargs):
+        self.recorded = False
+
+    def record(self, stream=None):
+        self.recorded = True
+
+    def synchronize(self):
+        assert self.recorded, "an event synchronised before it was recorded"
+
+
 class _Pool:
     def total_bytes(self):
         return 0
@@ -245,7 +268,9 @@ class FakeCupy(types.ModuleType):
                                           memGetInfo=lambda: (1 << 30, 1 << 32)),
             Device=lambda *a: _Device(),
             device=types.SimpleNamespace(get_cublas_handle=lambda: 0),
-            memory=types.SimpleNamespace(OutOfMemoryError=OutOfMemoryError))
+            memory=types.SimpleNamespace(OutOfMemoryError=OutOfMemoryError),
+            alloc_pinned_memory=lambda n: bytearray(n),
+            Event=_Event)
 
     def get_default_memory_pool(self):
         return _Pool()
@@ -343,13 +368,15 @@ def emulated_cupy_backend(monkeypatch, device: EmulatedDevice = EmulatedDevice()
     from fastrnn.backends.cupy import persistent as cb_persistent
     from fastrnn.backends.cupy import steps as cb_steps
 
+    from fastrnn.backends.cupy import checksum as cb_checksum
     from fastrnn.backends.cupy import memory as cb_memory
 
     fake = FakeCupy()
-    for module in (cb_backend, cb_steps, cb_persistent, cb_device, cb_memory):
+    for module in (cb_backend, cb_steps, cb_persistent, cb_device, cb_memory, cb_checksum):
         monkeypatch.setattr(module, "cupy", fake)
     monkeypatch.setattr(cb_steps, "function", function)
     monkeypatch.setattr(cb_persistent, "function", function)
+    monkeypatch.setattr(cb_checksum, "function", function)
     monkeypatch.setattr(cb_steps, "StepGemm", EmulatedGemm)
     monkeypatch.setattr(cb_steps, "_gemms", {})
     limits = cb_device.DeviceLimits(device.multiprocessors, device.smem_per_block,

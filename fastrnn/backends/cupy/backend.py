@@ -33,6 +33,7 @@ why through :meth:`CupyBackend.unavailable_reason`.
 from __future__ import annotations
 
 from ..base import Backend, ForwardOut
+from . import checksum as _checksum
 from .lib import IMPORT_ERROR, cupy
 from .nvrtc import compile_problem, kernel_dir
 from .memory import alloc, describe_failure
@@ -60,6 +61,7 @@ class CupyBackend(Backend):
 
     name = "cupy"
     xp = cupy
+    checks_later = True         # the tape's checksums are compared on the device
 
     def __init__(self):
         self.dtypes = _supported_dtypes()
@@ -93,6 +95,16 @@ class CupyBackend(Backend):
             return compile_problem()
         except Exception as exc:  # noqa: BLE001 - never raise from a probe
             return f"checking the GPU failed ({type(exc).__name__}: {exc})"
+
+    # ----------------------------------------------------------------------- the guard
+
+    def checksum(self, arrays):
+        with arrays[0].device:
+            return _checksum.checksum(arrays)
+
+    def changed(self, then, arrays):
+        with arrays[0].device:
+            return _checksum.changed(then, arrays)
 
     # ---------------------------------------------------------------- forward / backward
 

@@ -41,12 +41,20 @@ def limits() -> DeviceLimits:
     return found
 
 
+_resident: dict[tuple, int] = {}
+
+
 def resident_blocks(fn, threads: int, smem: int) -> int:
     """How many blocks of the compiled kernel ``fn`` (a ``cupy.RawKernel`` function) with
     ``threads`` threads and ``smem`` bytes of dynamic shared memory the whole device holds
-    at once: the occupancy calculator's blocks per multiprocessor times their number."""
-    if smem > 48 * 1024:
-        fn.max_dynamic_shared_size_bytes = smem
-    per_sm = cupy.cuda.driver.occupancyMaxActiveBlocksPerMultiprocessor(
-        fn.kernel.ptr, threads, smem)
-    return per_sm * limits().multiprocessors
+    at once: the occupancy calculator's blocks per multiprocessor times their number.
+    Asked once per kernel and size (the kernels are compiled once per process)."""
+    key = (id(fn), fn.kernel.ptr, threads, smem)
+    found = _resident.get(key)
+    if found is None:
+        if smem > 48 * 1024 and fn.max_dynamic_shared_size_bytes < smem:
+            fn.max_dynamic_shared_size_bytes = smem
+        per_sm = cupy.cuda.driver.occupancyMaxActiveBlocksPerMultiprocessor(
+            fn.kernel.ptr, threads, smem)
+        found = _resident[key] = per_sm * limits().multiprocessors
+    return found

@@ -49,14 +49,15 @@ def _per_cell(*kernels: str) -> tuple[str, ...]:
 
 # source file (kernels/<name>.cu) -> the kernels it defines: a template over the storage
 # type, written with its other template arguments ("step_forward<LstmCell>"); the name
-# expression NVRTC gets adds the storage type last ("step_forward<LstmCell, float>").
+# expression NVRTC gets adds the storage type last ("step_forward<LstmCell, float>"). A
+# name ending in "()" is a plain function, the same in every storage type's module.
 KERNELS: dict[str, tuple[str, ...]] = {
     "step": _per_cell("step_forward", "step_backward"),
     "persist": _per_cell("persist_forward", "persist_backward"),
     "lstmp": ("lstmp_forward_cell", "lstmp_forward_proj", "lstmp_backward_in",
               "lstmp_backward_cell"),
     "grurb": ("grurb_forward_rz", "grurb_forward_n", "grurb_backward_n", "grurb_backward_r"),
-    "util": ("gather_steps",),
+    "util": ("gather_steps", "digest_arrays()"),
 }
 COMMON_HEADER = "common.cuh"
 # dtype name -> the C++ storage type the templates are instantiated with
@@ -127,7 +128,9 @@ def module_spec(source: str, ctype: str) -> tuple[str, tuple[str, ...], tuple[st
 def name_expression(kernel: str, ctype: str) -> str:
     """``kernel`` (a name of KERNELS) instantiated for the storage type ``ctype``:
     "gather_steps" -> "gather_steps<float>", "step_forward<LstmCell>" ->
-    "step_forward<LstmCell, float>"."""
+    "step_forward<LstmCell, float>", "digest_arrays()" -> "digest_arrays"."""
+    if kernel.endswith("()"):
+        return kernel[:-2]
     if kernel.endswith(">"):
         return f"{kernel[:-1]}, {ctype}>"
     return f"{kernel}<{ctype}>"

@@ -22,6 +22,7 @@ second product per step depends on the first, which would need a second barrier 
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from dataclasses import dataclass
@@ -50,17 +51,19 @@ def persist_constants() -> dict[str, int]:
 class StepCosts:
     """The planner's model of one step of a persistent kernel on one block, in µs.
 
-    barrier: the group barrier when a group has more than one block; l2_latency: the first
-    bytes of the staged operand from L2; l2_bytes_per_us: one multiprocessor's share of L2
-    bandwidth; fma_per_us: one multiprocessor's float32 multiply-adds in block_matvec
+    barrier + barrier_per_block * blocks: the group barrier when a group has more than one
+    block; l2_latency: one round of staging loads from L2 (each thread has
+    PERSIST_STAGE_BATCH of them in flight); l2_bytes_per_us: one multiprocessor's share of
+    L2 bandwidth; fma_per_us: one multiprocessor's float32 multiply-adds in block_matvec
     (float64 at half that); sync: one __syncthreads; pointwise: the cell's pass over the
-    block's units. Leads from the first H200 run (shared/gpu-first-run: barrier 1.7-1.9 µs,
-    barrier + broadcast 2.3-4.4 µs for 32-256 KB); the sweep of bench/gpu_persist_sweep.py
-    measures them (bench/README.md).
+    block's units. The barrier's terms are the H200's (bench/gpu_persist_sweep.py, rnn_tanh
+    B = 1, H = 128: 1 block to 132 blocks adds 1.1 µs a step; bench/README.md); the rest are
+    leads to measure again.
     """
 
-    barrier: float = 1.5
-    l2_latency: float = 0.6
+    barrier: float = 0.3
+    barrier_per_block: float = 0.0075
+    l2_latency: float = 0.8
     l2_bytes_per_us: float = 1.0e5
     fma_per_us: float = 1.0e5
     sync: float = 0.05
@@ -156,9 +159,10 @@ def _layout(cell, B: int, H: int, itemsize: int, acc_size: int, backward: bool,
             return None
     k_tiles = _ceil(Kp, kt)
     fma = costs.fma_per_us * (0.5 if acc_size == 8 else 1.0)
-    step = ((costs.barrier if group_blocks > 1 else 0.0) + costs.l2_latency
-            + rows * K * itemsize / costs.l2_bytes_per_us + rs * cs * Kp / fma
-            + costs.sync * (2 * k_tiles + 2) + costs.pointwise)
+    rounds = k_tiles * _ceil(_ceil(rs * min(kt, Kp) // 4, threads), k["PERSIST_STAGE_BATCH"])
+    barrier = costs.barrier + costs.barrier_per_block * group_blocks if group_blocks > 1 else 0.0
+    step = (barrier + rounds * costs.l2_latency + rows * K * itemsize / costs.l2_bytes_per_us
+            + rs * cs * Kp / fma + costs.sync * (2 * k_tiles + 2) + costs.pointwise)
     return PersistPlan(groups, group_blocks, threads, rows, nj, rs, cs, kt, kt + 4, off_out,
                        off_units, off_scratch, smem_for(kt), step)
 
@@ -168,13 +172,19 @@ def plan(cell, B: int, H: int, dtype, backward: bool, limits=None,
     """The cheapest :class:`PersistPlan` for ``cell`` at batch B and hidden size H in storage
     ``dtype`` on the current device (``limits``: a :class:`device.DeviceLimits`), or None
     if the cell has no persistent kernel or no split fits. ``split`` = (groups,
-    blocks per group) forces one split (``config.cupy_persistent_split``)."""
+    blocks per group) forces one split (``config.cupy_persistent_split``). Each answer is
+    worked out once and kept (the search costs more than a small call's kernels)."""
     if cell.name not in CELL_TYPES:
         return None
     limits = limits or device.limits()
     if not limits.cooperative:
         return None
-    dtype = np.dtype(dtype)
+    return _plan(cell, int(B), int(H), np.dtype(dtype), bool(backward), limits, costs,
+                 None if split is None else tuple(split), max_kt)
+
+
+@functools.lru_cache(maxsize=4096)
+def _plan(cell, B, H, dtype, backward, limits, costs, split, max_kt):
     acc_size = acc_dtype(dtype).itemsize
     sms = limits.multiprocessors
     if split is not None:
@@ -233,7 +243,8 @@ def _launch(fn, p: PersistPlan, args) -> bool:
         # CuPy shrinks a cooperative grid it deems too large, with a warning: the kernel's
         # barrier would then wait forever, so that warning is an error here.
         warnings.simplefilter("error")
-        fn((p.blocks,), (p.threads,), args, shared_mem=p.smem, enable_cooperative_groups=True)
+        fn.kernel((p.blocks,), (p.threads,), args, shared_mem=p.smem,
+                  enable_cooperative_groups=True)
     return True
 
 
@@ -252,23 +263,28 @@ def persistent_forward(st, cell, xw, p, h0, c0, out, training, pp: PersistPlan):
     T, B, H, dt = st.T, st.B, st.H, st.dtype
     slots = T + 1 if training else 2
     hs = alloc("the tape of the states h", (slots, B, H), dt)
-    hs[0] = h0
     cs = None
     if traits["HAS_C"]:
         cs = alloc("the tape of the states c", (slots, B, H), dt)
-        cs[0] = c0
+    if training:                       # the tape holds the initial states in slot 0
+        hs[0] = h0
+        if cs is not None:
+            cs[0] = c0
     tape = None
     if training and traits["TAPE"]:
         tape = alloc("the tape of the gates", (T, B, traits["TAPE"] * H), dt)
-    args = ((xw, p["b"], p["bn"] if traits["BIAS_N"] else NULL, p["U"], hs,
-             NULL if cs is None else cs, out, NULL if tape is None else tape, st.lens_arg,
+    args = ((xw, p["b"], p["bn"] if traits["BIAS_N"] else NULL, p["U"], h0,
+             NULL if cs is None else c0, hs, NULL if cs is None else cs, out,
+             NULL if tape is None else tape, st.lens_arg,
              np.int32(T), np.int32(B), np.int32(H), np.int32(st.reverse), np.int32(training))
             + pp.kernel_args() + (_barriers(pp),))
     if not _launch(_kernel(cell, "forward", dt), pp, args):
         return None
-    last = T if training else T % 2
-    saved = Saved(hs, cs, tape, None, st.lengths) if training else None
-    return ForwardOut(out, hs[last].copy(), None if cs is None else cs[last].copy(), saved)
+    if not training:                   # nothing else holds the two slots: views will do
+        last = T % 2
+        return ForwardOut(out, hs[last], None if cs is None else cs[last], None)
+    saved = Saved(hs, cs, tape, None, st.lengths)
+    return ForwardOut(out, hs[T].copy(), None if cs is None else cs[T].copy(), saved)
 
 
 def persistent_backward(st, cell, saved, p, dh_arg, dh_n, dc_n, pp: PersistPlan):
