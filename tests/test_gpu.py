@@ -626,3 +626,14 @@ def test_host_and_device_arrays_are_refused_side_by_side(cp, rng):
         fastrnn.forward("gru", x, pd, backend="cupy")
     with pytest.raises(TypeError, match=r"expected a numpy.ndarray for backend 'numba'"):
         fastrnn.forward("gru", cp.asarray(x), pd, backend="numba")
+
+
+def test_tape_checksums_run_on_the_device(cp, rng):
+    """The guard's checksums of device arrays are taken on the device (no synchronisation;
+    the backend falls back to the host's with a warning where they cannot be)."""
+    from fastrnn.backends.cupy.checksum import DeviceChecksum
+    x, params, h0, c0, _ = make_problem(rng, "gru", 5, 3, 4, 6, "float32")
+    xd, pd = _to_device(cp, x, params)
+    res = fastrnn.forward("gru", xd, pd, backend="cupy")
+    assert isinstance(res.tape._digest, DeviceChecksum), type(res.tape._digest)
+    fastrnn.backward(res.tape, dh_n=cp.ones((3, 6), cp.float32))

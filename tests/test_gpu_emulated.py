@@ -386,3 +386,24 @@ def test_device_checksums_catch_arrays_changed_in_place(emulated, rng, size):
     res = fastrnn.forward("lstm", xd, dev, h0d, guard=False)
     dev["U"] += 1.0
     fastrnn.backward(res.tape, dh_n=dh_n)                       # no guard: not checked
+
+
+def test_host_checksums_where_the_device_cannot_take_them(emulated, monkeypatch, rng):
+    """If the device checksums fail (no asynchronous copies, say), the guard still works,
+    on the host, after one warning."""
+    from fastrnn.backends.cupy import checksum
+
+    def broken(arrays):
+        raise RuntimeError("no pinned memory here")
+
+    monkeypatch.setattr(checksum, "checksum", broken)
+    monkeypatch.setattr(emulated, "_device_checksum_failed", None)
+    cp = emulated.xp
+    x, params, *_ = make_problem(rng, "gru", 4, 2, 3, 5, "float32")
+    dev = {k: cp.asarray(v) for k, v in params.items()}
+    with pytest.warns(RuntimeWarning, match="checksums on the GPU failed"):
+        res = fastrnn.forward("gru", cp.asarray(x), dev)
+    assert isinstance(res.tape._digest, tuple)
+    dev["W"] += 1.0
+    with pytest.raises(ValueError, match=r"params\['W'\] changed in place"):
+        fastrnn.backward(res.tape, dh_n=cp.ones((2, 5), cp.float32))

@@ -32,6 +32,8 @@ why through :meth:`CupyBackend.unavailable_reason`.
 
 from __future__ import annotations
 
+import warnings
+
 from ..base import Backend, ForwardOut
 from . import checksum as _checksum
 from .lib import IMPORT_ERROR, cupy
@@ -65,6 +67,7 @@ class CupyBackend(Backend):
 
     def __init__(self):
         self.dtypes = _supported_dtypes()
+        self._device_checksum_failed: str | None = None
 
     @classmethod
     def unavailable_reason(cls) -> str | None:
@@ -99,12 +102,25 @@ class CupyBackend(Backend):
     # ----------------------------------------------------------------------- the guard
 
     def checksum(self, arrays):
-        with arrays[0].device:
-            return _checksum.checksum(arrays)
+        """On the device, without waiting for it (:mod:`.checksum`); where that fails (it
+        needs CuPy's asynchronous copies to pinned memory), the host's checksums, with a
+        warning once: a guard that waits beats none."""
+        if self._device_checksum_failed is None:
+            try:
+                with arrays[0].device:
+                    return _checksum.checksum(arrays)
+            except Exception as exc:  # noqa: BLE001 - degrade, say so once
+                self._device_checksum_failed = f"{type(exc).__name__}: {exc}"
+                warnings.warn(f"fastrnn: the tape's checksums on the GPU failed "
+                              f"({self._device_checksum_failed}); taking them on the host, "
+                              f"which waits for the device", RuntimeWarning, stacklevel=2)
+        return super().checksum(arrays)
 
     def changed(self, then, arrays):
-        with arrays[0].device:
-            return _checksum.changed(then, arrays)
+        if isinstance(then, _checksum.DeviceChecksum):
+            with arrays[0].device:
+                return _checksum.changed(then, arrays)
+        return super().changed(then, arrays)
 
     # ---------------------------------------------------------------- forward / backward
 
