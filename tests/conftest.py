@@ -95,6 +95,24 @@ def to_backend(backend, a):
     return xp.asarray(a)
 
 
+def named_results(res, g) -> dict:
+    """Every array of a forward result and its gradients, by name (h, h_n, c_n, dx, dh0,
+    dc0, d<param>), for comparing two runs array by array."""
+    out = {"h": res.h, "h_n": res.h_n, "dx": g.dx, "dh0": g.dh0}
+    if res.c_n is not None:
+        out.update(c_n=res.c_n, dc0=g.dc0)
+    out.update({f"d{k}": v for k, v in g.params.items()})
+    return out
+
+
+def widened(*arrays, dtype=np.float64):
+    """The arrays (or dicts of them, or None) as ``dtype``: the reference's inputs for a
+    run of lower precision on the same rounded values."""
+    return [None if a is None else (a.astype(dtype) if isinstance(a, np.ndarray) else
+                                    {k: v.astype(dtype) for k, v in a.items()})
+            for a in arrays]
+
+
 def make_upstream(rng, cell, T, B, H, dtype="float64"):
     """Random upstream gradients (dh (T,B,H), dh_n (B,H), dc_n (B,H) or None) for one forward."""
     return random_problem(rng, cell, T, B, 1, H, dtype).upstream

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import fastrnn
-from conftest import make_problem, make_upstream, require_backend
+from conftest import make_problem, make_upstream, named_results, require_backend, widened
 from fastrnn.core.tolerances import CUDA_FLOAT32_SIGMOID_ULPS, TOLERANCES, TORCH_TOLERANCES
 from assertions import assert_close
 
@@ -33,13 +33,7 @@ def cp():
     return cupy
 
 
-def _results(res, g):
-    """Every array of a forward result and its gradients, by name."""
-    out = {"h": res.h, "h_n": res.h_n, "dx": g.dx, "dh0": g.dh0}
-    if res.c_n is not None:
-        out.update(c_n=res.c_n, dc0=g.dc0)
-    out.update({f"d{k}": v for k, v in g.params.items()})
-    return out
+_results = named_results
 
 
 def _run(cell, x, params, h0, c0, lens, reverse, dh, dh_n, dc_n, backend="cupy"):
@@ -168,12 +162,8 @@ def _check_16bit(cp, rng, cell, low, T):
     x, params, h0, c0, lens = make_problem(rng, cell, T, B, I, H, "float64", lengths=True,
                                            states=True)
     dh, dh_n, dc_n = make_upstream(rng, cell, T, B, H, "float64")
-    rnd = [None if a is None else (a.astype(low) if isinstance(a, np.ndarray) else
-                                   {k: v.astype(low) for k, v in a.items()})
-           for a in (x, params, h0, c0, dh, dh_n, dc_n)]
-    up = [None if a is None else (a.astype(np.float64) if isinstance(a, np.ndarray) else
-                                  {k: v.astype(np.float64) for k, v in a.items()})
-          for a in rnd]
+    rnd = widened(x, params, h0, c0, dh, dh_n, dc_n, dtype=low)
+    up = widened(*rnd)
     ref = _results(*_run(cell, *up[:4], lens, True, *up[4:], backend="numpy"))
     got = _results(*_run(cell, *_to_device(cp, *rnd[:4]), lens, True,
                          *_to_device(cp, *rnd[4:])))
@@ -527,9 +517,7 @@ def test_persistent_kernels_at_the_goal_sizes(cp, rng, monkeypatch, cell, B, H, 
     x, params, h0, c0, lens = make_problem(rng, cell, T, B, I, H, "float32", lengths=True,
                                            states=True)
     dh, dh_n, dc_n = make_upstream(rng, cell, T, B, H, "float32")
-    up = [None if a is None else (a.astype(np.float64) if isinstance(a, np.ndarray) else
-                                  {k: v.astype(np.float64) for k, v in a.items()})
-          for a in (x, params, h0, c0, dh, dh_n, dc_n)]
+    up = widened(x, params, h0, c0, dh, dh_n, dc_n)
     ref = _results(*_run(cell, *up[:4], lens, True, *up[4:], backend="numpy"))
     got = _results(*_run(cell, *_to_device(cp, x, params, h0, c0), lens, True,
                          *_to_device(cp, dh, dh_n, dc_n)))
@@ -555,9 +543,7 @@ def test_tf32_matches_the_float64_reference(cp, rng, monkeypatch, cell, path, T)
     x, params, h0, c0, lens = make_problem(rng, cell, T, B, I, H, "float32", lengths=True,
                                            states=True)
     dh, dh_n, dc_n = make_upstream(rng, cell, T, B, H, "float32")
-    up = [None if a is None else (a.astype(np.float64) if isinstance(a, np.ndarray) else
-                                  {k: v.astype(np.float64) for k, v in a.items()})
-          for a in (x, params, h0, c0, dh, dh_n, dc_n)]
+    up = widened(x, params, h0, c0, dh, dh_n, dc_n)
     ref = _results(*_run(cell, *up[:4], lens, True, *up[4:], backend="numpy"))
     res = fastrnn.forward(cell, *_to_device(cp, x, params, h0, c0), lengths=lens, reverse=True,
                           backend="cupy", allow_tf32=True)

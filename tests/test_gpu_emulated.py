@@ -27,7 +27,7 @@ import pytest
 import fastrnn
 import cuda_emulation as ce
 from assertions import assert_close
-from conftest import make_problem, make_upstream
+from conftest import make_problem, make_upstream, named_results, widened
 from fastrnn.backends.cupy import persistent as P
 from fastrnn.backends.cupy.device import DeviceLimits
 from fastrnn.core.arrays import to_numpy
@@ -47,12 +47,7 @@ def emulated(monkeypatch):
         yield be
 
 
-def _results(res, g):
-    out = {"h": res.h, "h_n": res.h_n, "dx": g.dx, "dh0": g.dh0}
-    if res.c_n is not None:
-        out.update(c_n=res.c_n, dc0=g.dc0)
-    out.update({f"d{k}": v for k, v in g.params.items()})
-    return out
+_results = named_results
 
 
 def _run(cell, x, params, h0, c0, lens, reverse, up, backend, **kw):
@@ -128,12 +123,8 @@ def test_storage_types_on_both_paths(emulated, monkeypatch, rng, cell, path, dty
     x, params, h0, c0, lens = make_problem(rng, cell, T, B, I, H, "float64", lengths=True,
                                            states=True)
     up = make_upstream(rng, cell, T, B, params["U"].shape[0], "float64")
-    rounded = [None if a is None else (a.astype(low) if isinstance(a, np.ndarray) else
-                                       {k: v.astype(low) for k, v in a.items()})
-               for a in (x, params, h0, c0, *up)]
-    wide = [None if a is None else (a.astype(np.float64) if isinstance(a, np.ndarray) else
-                                    {k: v.astype(np.float64) for k, v in a.items()})
-            for a in rounded]
+    rounded = widened(x, params, h0, c0, *up, dtype=low)
+    wide = widened(*rounded)
     ref = _run(cell, *wide[:4], lens, True, wide[4:], "numpy")
     got = _run(cell, *rounded[:4], lens, True, rounded[4:], "cupy")
     for name, a in got.items():
@@ -160,9 +151,7 @@ def test_tf32_within_its_tolerance_of_float64(emulated, monkeypatch, rng, cell, 
     x, params, h0, c0, lens = make_problem(rng, cell, T, B, I, H, "float32", lengths=True,
                                            states=True)
     up = make_upstream(rng, cell, T, B, H, "float32")
-    wide = [None if a is None else (a.astype(np.float64) if isinstance(a, np.ndarray) else
-                                    {k: v.astype(np.float64) for k, v in a.items()})
-            for a in (x, params, h0, c0, *up)]
+    wide = widened(x, params, h0, c0, *up)
     ref = _run(cell, *wide[:4], lens, True, wide[4:], "numpy")
     strict = _run(cell, x, params, h0, c0, lens, True, up, "cupy")
     tf32 = _run(cell, x, params, h0, c0, lens, True, up, "cupy", allow_tf32=True)
