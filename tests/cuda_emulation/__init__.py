@@ -4,7 +4,7 @@ No machine of CI has a GPU, and a GPU machine is lent to few sessions; yet the h
 of the cupy backend (the per-step loops, the persistent kernels' planner, the tape, the
 lengths and reverse bookkeeping) and the index arithmetic of every kernel can be checked
 on the CPU. This package compiles each ``kernels/<source>.cu`` with g++ against
-``cuda_emu.h`` (a CPU stand-in for the CUDA built-ins the kernels use: one OS thread per
+``cuda_emu.h`` (a CPU stand-in for the CUDA built-ins the kernels use: one fiber per
 CUDA thread, __syncthreads as a barrier, shared memory as a poisoned per-block buffer) and
 runs the real :class:`~fastrnn.backends.cupy.CupyBackend` on NumPy memory:
 
@@ -352,7 +352,7 @@ class EmulatedGemm:
 @dataclass(frozen=True)
 class EmulatedDevice:
     """The device the emulation pretends to be: few multiprocessors (every CUDA thread is
-    an OS thread), H100-like shared memory unless a test asks for less."""
+    a fiber), H100-like shared memory unless a test asks for less."""
 
     multiprocessors: int = 4
     smem_per_block: int = 232448

@@ -112,7 +112,7 @@ struct Scheduler {
     ucontext_t main;
     std::vector<Fiber>* fibers = nullptr;
     size_t current = 0;
-    long long idle = 0;     // gives of way in a row with no fiber finished or barrier passed
+    long long idle = 0;     // turns in a row with no fiber finished and no barrier passed
     void (*call)(void*) = nullptr;
     void* args = nullptr;
 };
