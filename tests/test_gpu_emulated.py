@@ -27,7 +27,7 @@ import pytest
 import fastrnn
 import cuda_emulation as ce
 from assertions import assert_close
-from conftest import make_problem, make_upstream, named_results, widened
+from conftest import make_problem, make_upstream, named_results, run_both, widened
 from fastrnn.backends.cupy import persistent as P
 from fastrnn.backends.cupy.device import DeviceLimits
 from fastrnn.core.arrays import to_numpy
@@ -51,9 +51,7 @@ _results = named_results
 
 
 def _run(cell, x, params, h0, c0, lens, reverse, up, backend, **kw):
-    res = fastrnn.forward(cell, x, params, h0, c0, lengths=lens, reverse=reverse,
-                          backend=backend, **kw)
-    return _results(res, fastrnn.backward(res.tape, *up))
+    return _results(*run_both(cell, x, params, h0, c0, lens, reverse, *up, backend, **kw))
 
 
 def _launches():

@@ -14,7 +14,8 @@ from . import config
 from .arrays import is_cupy_array
 from .validation import describe
 
-__all__ = ["ForwardResult", "Gradients", "Tape", "ReadoutTape", "Layout", "digest"]
+__all__ = ["ForwardResult", "Gradients", "Tape", "ReadoutTape", "Layout", "digest",
+           "digest_sampling"]
 
 
 class ForwardResult:
@@ -124,10 +125,21 @@ class Tape:
                 f"I={I}, H={self.h0.shape[1]}, dtype={self.x.dtype})")
 
 
+def digest_sampling(size: int) -> tuple[int, int]:
+    """(stride, count): the elements of an array of ``size`` elements that its checksum
+    reads (the host's :func:`digest`, the GPU's on the device): every one up to
+    ``config.tape_digest_full``, else about ``config.tape_digest_samples`` evenly spaced."""
+    if size <= config.tape_digest_full:
+        return 1, size
+    step = size // config.tape_digest_samples
+    return step, -(-size // step)
+
+
 def digest(a) -> int:
     """A checksum of an array (a sample of it past config.tape_digest_full elements)."""
-    if a.size > config.tape_digest_full:
-        a = a.reshape(-1)[:: a.size // config.tape_digest_samples]
+    stride, _ = digest_sampling(a.size)
+    if stride > 1:
+        a = a.reshape(-1)[::stride]
     if is_cupy_array(a):                            # device arrays: fetch the small sample
         a = a.get()
     if not a.flags.c_contiguous:

@@ -37,9 +37,8 @@ import warnings
 from ..base import Backend, ForwardOut
 from . import checksum as _checksum
 from .lib import IMPORT_ERROR, cupy
-from .nvrtc import compile_problem, kernel_dir
 from .memory import alloc, describe_failure
-from .nvrtc import CELL_TYPES
+from .nvrtc import CELL_TYPES, compile_problem, kernel_dir
 from .persistent import persistent_backward, persistent_forward, plan_for_call
 from .steps import (NULL, Saved, StateSeq, Steps, cell_backward, cell_forward, cublas_bindings,
                     finish_backward, grad_init, grurb_backward, grurb_forward, lstmp_backward,

@@ -9,15 +9,15 @@ sample of up to 8 arrays on the device, and the hashes travel to pinned host mem
 an asynchronous copy marked by an event; the backward's comparison waits on those events
 only, after its own kernels are queued.
 
-Each array is hashed whole up to ``config.tape_digest_full`` elements, else through
-``config.tape_digest_samples`` evenly spaced elements, as on the host.
+Each array is hashed through the elements the host's checksum reads
+(:func:`fastrnn.core.results.digest_sampling`).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ...core import config
+from ...core.results import digest_sampling
 from .lib import cupy
 from .nvrtc import function
 
@@ -41,15 +41,6 @@ class DeviceChecksum:
         return self.host
 
 
-def _sampling(a) -> tuple[int, int]:
-    """(stride, count) of the elements of contiguous ``a`` that are hashed."""
-    n = int(a.size)
-    if n <= config.tape_digest_full:
-        return 1, n
-    step = n // config.tape_digest_samples
-    return step, -(-n // step)
-
-
 def checksum(arrays) -> DeviceChecksum:
     """Start hashing ``arrays`` (contiguous device arrays) on the current stream."""
     n = len(arrays)
@@ -59,7 +50,7 @@ def checksum(arrays) -> DeviceChecksum:
         chunk = arrays[start:start + _MAX]
         spec = np.zeros((), dtype=_DIGEST)
         for i, a in enumerate(chunk):
-            stride, count = _sampling(a)
+            stride, count = digest_sampling(int(a.size))
             spec["ptr"][i] = a.data.ptr
             spec["stride"][i], spec["count"][i] = stride, count
             spec["bytes"][i] = a.dtype.itemsize

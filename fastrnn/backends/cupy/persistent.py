@@ -94,7 +94,6 @@ class PersistPlan:
     rs: int
     cs: int
     kt: int
-    kstride: int
     off_out: int
     off_units: int
     off_scratch: int
@@ -104,6 +103,12 @@ class PersistPlan:
     @property
     def blocks(self) -> int:
         return self.groups * self.group_blocks
+
+    @property
+    def kstride(self) -> int:
+        """Row stride of the staged tile: 4 past the k-tile, which shifts each row by four
+        banks while keeping 16-byte loads aligned."""
+        return self.kt + 4
 
     def kernel_args(self) -> tuple:
         """The geometry arguments of persist_forward / persist_backward, in their order."""
@@ -163,8 +168,8 @@ def _layout(cell, B: int, H: int, itemsize: int, acc_size: int, backward: bool,
     barrier = costs.barrier + costs.barrier_per_block * group_blocks if group_blocks > 1 else 0.0
     step = (barrier + rounds * costs.l2_latency + rows * K * itemsize / costs.l2_bytes_per_us
             + rs * cs * Kp / fma + costs.sync * (2 * k_tiles + 2) + costs.pointwise)
-    return PersistPlan(groups, group_blocks, threads, rows, nj, rs, cs, kt, kt + 4, off_out,
-                       off_units, off_scratch, smem_for(kt), step)
+    return PersistPlan(groups, group_blocks, threads, rows, nj, rs, cs, kt, off_out, off_units,
+                       off_scratch, smem_for(kt), step)
 
 
 def plan(cell, B: int, H: int, dtype, backward: bool, limits=None,
