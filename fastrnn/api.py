@@ -124,7 +124,7 @@ def forward(cell, x, params, h0=None, c0=None, *, lengths=None, reverse=False,
         p, H = check_params(xp, spec, p, I, be.dtypes)      # H: the width of h (P for lstmp)
         for k, a in p.items():
             check_same_dtype(f"params[{k!r}]", a, x.dtype)
-            if not a.flags.c_contiguous:
+            if not a.flags.c_contiguous and not getattr(be, "strided_params", False):
                 p[k] = xp.ascontiguousarray(a)
         weights = be.prepare(spec, p)
     else:
@@ -169,6 +169,57 @@ def _run_forward(spec, be, x3, params, weights, h0, c0, lengths, reverse, traini
             h.flags.writeable = False
     return ForwardResult(layout.seq_to_user(h), layout.state_to_user(out.h_n),
                          layout.state_to_user(out.c_n), tape)
+
+
+def forward_unchecked(spec, be, x, params, h0, c0, lengths=None, reverse=False,
+                      training=True, tf32=False) -> ForwardResult:
+    """:func:`forward` with ``guard=False`` for a caller that has checked every argument
+    already (``fastrnn.torch`` checks them the way torch.nn does, with its exceptions), so
+    that a cell step in a loop does not pay for the checks twice.
+
+    spec: a CellSpec; be: the backend object; x (T, B, I) C-contiguous, time-major; params:
+    a dict of arrays of x's dtype on x's device (any strides if ``be.strided_params``, else
+    C-contiguous) or :class:`PreparedWeights` of ``be``; h0 (B, P) and c0 (B, H) (lstm)
+    C-contiguous, or None for zeros; lengths None or (B,) integers in 1..T.
+    """
+    T, B, I = x.shape
+    if isinstance(params, PreparedWeights):
+        p, weights, mutable = params.params, params.packed, False
+    else:
+        p, weights, mutable = params, be.prepare(spec, params), True
+    layout = Layout(False, False, T, B, I, p["U"].shape[0], x.dtype, spec.sizes_of(p)[0])
+    xp = be.xp
+    if h0 is None:
+        h0 = xp.zeros((B, layout.H), dtype=x.dtype)
+    if spec.has_cell_state and c0 is None:
+        c0 = xp.zeros((B, layout.C), dtype=x.dtype)
+    lens = check_lengths(lengths, T, B)
+    extra = {"tf32": True} if tf32 else {}
+    out = be.forward(spec, x, weights, h0, c0, lens, bool(reverse), bool(training), **extra)
+    tape = None
+    if training:
+        tape = Tape(spec, be, x, p, weights, h0, c0, lens, bool(reverse), out.saved, layout,
+                    guard=False, params_mutable=mutable, tf32=tf32)
+        if isinstance(out.h, np.ndarray):
+            out.h.flags.writeable = False
+    return ForwardResult(out.h, out.h_n, out.c_n, tape)
+
+
+def backward_unchecked(tape, dh=None, dh_n=None, dc_n=None) -> Gradients:
+    """:func:`backward` of a :func:`forward_unchecked` tape, for the same callers: dh
+    (T, B, P), dh_n (B, P), dc_n (B, H) or None, of the tape's dtype and device, any
+    strides (made contiguous here where the backend needs it)."""
+    xp = tape.backend.xp
+    if dh is not None:
+        dh = xp.ascontiguousarray(dh)
+    if dh_n is not None:
+        dh_n = xp.ascontiguousarray(dh_n)
+    if dc_n is not None:
+        dc_n = xp.ascontiguousarray(dc_n)
+    g = tape.backend.backward(tape.cell, tape.saved, tape.x, tape.weights, tape.h0, tape.c0,
+                              tape.lengths, tape.reverse, dh, dh_n, dc_n,
+                              **({"tf32": True} if tape.tf32 else {}))
+    return Gradients(g.dx, g.dh0, g.dc0, g.params)
 
 
 def _check_grad(xp, name, a, shape, layout, what):

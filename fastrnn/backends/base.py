@@ -54,6 +54,9 @@ class Backend:
     #: Whether :meth:`changed` answers only later (a GPU backend compares on the device):
     #: the API then enqueues the backward before it waits for the answer.
     checks_later: bool = False
+    #: Whether :meth:`prepare` and the passes take params of any strides (transposed views
+    #: such as torch's ``weight_ih.T``); else the API hands them C-contiguous copies.
+    strided_params: bool = False
 
     @classmethod
     def unavailable_reason(cls) -> str | None:

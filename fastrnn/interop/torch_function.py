@@ -114,8 +114,21 @@ class WeightCache:
 
 # torch.compile must not trace into the numba and NumPy work: it runs between graphs,
 # like any custom autograd Function (dynamo would otherwise follow numba's dispatcher).
-_forward = torch.compiler.disable(_api.forward)
-_backward = torch.compiler.disable(_api.backward)
+# The disabling wrapper costs microseconds a call, so eager calls go around it.
+_forward_outside_graph = torch.compiler.disable(_api.forward_unchecked)
+_backward_outside_graph = torch.compiler.disable(_api.backward_unchecked)
+
+
+def _forward(*args, **kwargs):
+    if torch.compiler.is_compiling():
+        return _forward_outside_graph(*args, **kwargs)
+    return _api.forward_unchecked(*args, **kwargs)
+
+
+def _backward(*args, **kwargs):
+    if torch.compiler.is_compiling():
+        return _backward_outside_graph(*args, **kwargs)
+    return _api.backward_unchecked(*args, **kwargs)
 
 
 def _graph_kept() -> bool:
@@ -145,11 +158,12 @@ class RecurrentFunction(torch.autograd.Function):
         spec, br = run.cell, run.bridge
         training = run.grad_enabled and any(ctx.needs_input_grad[1:])
         with br.scope(x):
-            res = _forward(spec, br.array(x), run.weights,
-                               None if h0 is None else br.array(h0),
-                               None if c0 is None else br.array(c0),
-                           lengths=run.lengths, reverse=run.reverse, backend=run.backend,
-                           training=training, guard=False, allow_tf32=run.tf32)
+            xp = br.xp
+            res = _forward(spec, run.backend, xp.ascontiguousarray(br.array(x)), run.weights,
+                           None if h0 is None else xp.ascontiguousarray(br.array(h0)),
+                           None if c0 is None else xp.ascontiguousarray(br.array(c0)),
+                           lengths=run.lengths, reverse=run.reverse, training=training,
+                           tf32=run.tf32)
             h = br.output_tensor(res.h) if training else br.tensor(res.h)
             outs = [h, br.tensor(res.h_n, avoid=res.h)]
             if spec.has_cell_state:

@@ -44,7 +44,7 @@ from .. import backends as _backends
 from ..core.cells import get_cell
 from .convert import TORCH_MODES
 from .torch_bridge import resolve
-from .torch_function import RecurrentFunction, Run, WeightCache
+from .torch_function import RecurrentFunction, Run, WeightCache, fastrnn_params
 
 __all__ = ["LSTM", "GRU", "RNN", "RNNBase", "RNNCellBase", "RNNCell", "GRUCell", "LSTMCell"]
 
@@ -537,8 +537,16 @@ class RNNCellBase(nn.Module):
             x = x.to(amp)
             h0c0 = [None if s is None else s.to(amp) for s in h0c0]
         tensors = (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, None)
-        weights = self._weight_cache.get(self._cell, be, bridge, tensors, _grads_flow(tensors),
-                                         amp)
+        if getattr(be, "strided_params", False):
+            # One step reads each weight once: the backend takes the parameters' memory as
+            # it is (no packed copy to keep, so nothing to compare or go stale).
+            cast = tensors if amp is None else tuple(
+                None if t is None else t.detach().to(amp) for t in tensors)
+            with bridge.scope(x):
+                weights = fastrnn_params(self._cell, bridge, *cast)
+        else:
+            weights = self._weight_cache.get(self._cell, be, bridge, tensors,
+                                             _grads_flow(tensors), amp)
         run = Run(self._cell, be, bridge, weights, None, False, torch.is_grad_enabled(),
                   tf32_allowed(x))
         res = RecurrentFunction.apply(run, x, *h0c0, *tensors)

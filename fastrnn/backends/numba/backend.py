@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..base import Backend, BackwardOut, ForwardOut
-from . import kernels, workspace
+from . import kernels, single_step, workspace
 from .buffers import chunk_size, dummy, full_lengths, gemm_out, padded_rows
 from .gemm import (MR, NR, matmul, matmul_packed, pack_panels, padded, panel_column_sums,
                    panel_matmul)
@@ -72,6 +72,7 @@ class NumbaBackend(Backend):
 
     name = "numba"
     xp = np
+    strided_params = True
 
     def __init__(self):
         start_pool()
@@ -89,6 +90,8 @@ class NumbaBackend(Backend):
     # ------------------------------------------------------------------------- forward
     def forward(self, cell, x, weights, h0, c0, lengths, reverse, training, *, tf32=False):
         T, B, I = x.shape
+        if T == 1 and cell.name in single_step.CELLS and not weights.packed:
+            return ForwardOut(*single_step.forward(cell, x, weights, h0, c0, training))
         G = cell.num_gates
         H, P = weights.params["U"].shape[1] // G, h0.shape[1]   # gate width, h width
         dt = x.dtype
@@ -150,6 +153,9 @@ class NumbaBackend(Backend):
     # ------------------------------------------------------------------------ backward
     def backward(self, cell, saved, x, weights, h0, c0, lengths, reverse, dh, dh_n, dc_n, *,
                  tf32=False):
+        if saved.get("single_step"):
+            return BackwardOut(*single_step.backward(cell, saved, x, weights, h0, c0, dh, dh_n,
+                                                     dc_n))
         T, B, I = x.shape
         G = cell.num_gates
         H, P = weights.params["U"].shape[1] // G, h0.shape[1]   # gate width, h width

@@ -42,7 +42,7 @@ VECS = 4 if _WIDE else 3
 NR = {size: VECS * lanes for size, lanes in LANES.items()}  # columns of a tile
 
 
-def _microkernel_codegen(float_type, lanes, rows):
+def _microkernel_codegen(float_type, lanes, rows, vecs=VECS):
     i64 = ir.IntType(64)
 
     def codegen(context, builder, signature, args):
@@ -56,29 +56,29 @@ def _microkernel_codegen(float_type, lanes, rows):
         Bp = builder.inttoptr(bp_addr, fptr)
         C = builder.inttoptr(c_addr, fptr)
         zero = ir.Constant(vec, [0.0] * lanes)
-        accs = [cgutils.alloca_once_value(builder, zero) for _ in range(rows * VECS)]
+        accs = [cgutils.alloca_once_value(builder, zero) for _ in range(rows * vecs)]
         splat = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)
         with cgutils.for_range(builder, K) as loop:
             k = loop.index
             row = builder.gep(Bp, [builder.mul(k, ldb)])
             b = [builder.load(builder.bitcast(builder.gep(row, [ir.Constant(i64, lanes * q)]),
                                               vptr), align=4)
-                 for q in range(VECS)]
+                 for q in range(vecs)]
             for r in range(rows):
                 a = builder.load(builder.gep(A, [builder.add(
                     builder.mul(ir.Constant(i64, r), a_rs), builder.mul(k, a_ks))]), align=4)
                 av = builder.insert_element(ir.Constant(vec, None), a, ir.Constant(ir.IntType(32), 0))
                 av = builder.shuffle_vector(av, ir.Constant(vec, None), splat)
-                for q in range(VECS):
-                    acc = accs[r * VECS + q]
+                for q in range(vecs):
+                    acc = accs[r * vecs + q]
                     builder.store(builder.call(fma, [av, b[q], builder.load(acc)]), acc)
         add = builder.icmp_signed("!=", accumulate, ir.Constant(i64, 0))
         for r in range(rows):
-            for q in range(VECS):
+            for q in range(vecs):
                 offset = builder.add(builder.mul(ir.Constant(i64, r), ldc),
                                      ir.Constant(i64, lanes * q))
                 cp = builder.bitcast(builder.gep(C, [offset]), vptr)
-                v = builder.load(accs[r * VECS + q])
+                v = builder.load(accs[r * vecs + q])
                 v = builder.select(add, builder.fadd(v, builder.load(cp, align=4)), v)
                 builder.store(v, cp, align=4)
         return context.get_dummy_value()
@@ -88,15 +88,15 @@ def _microkernel_codegen(float_type, lanes, rows):
 _SIG = types.void(*([types.int64] * 9))
 
 
-def _microkernel(float_type, lanes: int, rows: int, name: str):
-    """The intrinsic C[0:rows, 0:NR] (+)= A[0:rows, 0:K] @ B[0:K, 0:NR].
+def _microkernel(float_type, lanes: int, rows: int, name: str, vecs: int = VECS):
+    """The intrinsic C[0:rows, 0:NR] (+)= A[0:rows, 0:K] @ B[0:K, 0:NR] (NR = vecs*lanes).
 
     Addresses in bytes; strides in elements: A[r, k] at a_addr + (r*a_rs + k*a_ks), B's
     rows ldb apart (NR for a packed panel), C's rows ldc apart. One variant per row count,
     so a batch of one row does one row's work, not MR rows'.
     """
     def typer(typingctx, a_addr, a_rs, a_ks, b_addr, ldb, K, c_addr, ldc, accumulate):
-        return _SIG, _microkernel_codegen(float_type, lanes, rows)
+        return _SIG, _microkernel_codegen(float_type, lanes, rows, vecs)
     typer.__name__ = typer.__qualname__ = name
     return intrinsic(typer)
 
@@ -105,6 +105,13 @@ _f32, _f64 = ir.FloatType(), ir.DoubleType()
 mk32_1, mk32_2, mk32_3, mk32_4 = (_microkernel(_f32, LANES[4], r, f"microkernel_f32_{r}")
                                   for r in (1, 2, 3, 4))
 mk64_1, mk64_2, mk64_3, mk64_4 = (_microkernel(_f64, LANES[8], r, f"microkernel_f64_{r}")
+                                  for r in (1, 2, 3, 4))
+# One vector wide (NR_NARROW = lanes columns): for products whose packed side has only a
+# few columns, such as h^T of a batch of 1 to 8 rows (see unpacked.py).
+NR_NARROW = {size: lanes for size, lanes in LANES.items()}
+nk32_1, nk32_2, nk32_3, nk32_4 = (_microkernel(_f32, LANES[4], r, f"narrow_f32_{r}", 1)
+                                  for r in (1, 2, 3, 4))
+nk64_1, nk64_2, nk64_3, nk64_4 = (_microkernel(_f64, LANES[8], r, f"narrow_f64_{r}", 1)
                                   for r in (1, 2, 3, 4))
 assert MR == 4, "the tile() dispatch below has one microkernel per row count up to MR"
 
@@ -144,6 +151,29 @@ def tile(a_addr, a_rs, a_ks, b_addr, ldb, K, c_addr, ldc, accumulate, size, rows
             mk64_2(a_addr, a_rs, a_ks, b_addr, ldb, K, c_addr, ldc, accumulate)
         else:
             mk64_3(a_addr, a_rs, a_ks, b_addr, ldb, K, c_addr, ldc, accumulate)
+
+
+@njit(**JIT)
+def tile_narrow(a_addr, a_rs, a_ks, b_addr, ldb, K, c_addr, ldc, accumulate, size, rows):
+    """:func:`tile` one vector (NR_NARROW columns) wide."""
+    if size == 4:
+        if rows >= 4:
+            nk32_4(a_addr, a_rs, a_ks, b_addr, ldb, K, c_addr, ldc, accumulate)
+        elif rows == 1:
+            nk32_1(a_addr, a_rs, a_ks, b_addr, ldb, K, c_addr, ldc, accumulate)
+        elif rows == 2:
+            nk32_2(a_addr, a_rs, a_ks, b_addr, ldb, K, c_addr, ldc, accumulate)
+        else:
+            nk32_3(a_addr, a_rs, a_ks, b_addr, ldb, K, c_addr, ldc, accumulate)
+    else:
+        if rows >= 4:
+            nk64_4(a_addr, a_rs, a_ks, b_addr, ldb, K, c_addr, ldc, accumulate)
+        elif rows == 1:
+            nk64_1(a_addr, a_rs, a_ks, b_addr, ldb, K, c_addr, ldc, accumulate)
+        elif rows == 2:
+            nk64_2(a_addr, a_rs, a_ks, b_addr, ldb, K, c_addr, ldc, accumulate)
+        else:
+            nk64_3(a_addr, a_rs, a_ks, b_addr, ldb, K, c_addr, ldc, accumulate)
 
 
 @njit(**JIT)

@@ -1,8 +1,10 @@
-"""The weights as the numba kernels read them, packed once per :func:`fastrnn.prepare`.
+"""The weights as the numba kernels read them, packed on first use.
 
-The per-step products read W and U as panels (:func:`.gemm.pack_panels`); the backward
-reads U^T as panels and W^T for dx. Packing is a copy, so a prepared object made once
-serves every call; the panels of the backward are made on the first backward.
+The per-step products of a sequence read W and U as panels (:func:`.gemm.pack_panels`);
+its backward reads U^T as panels and W^T for dx. Packing is a copy of every weight, so it
+is made once per weights object, on the first call that needs it: a one-step call
+(:mod:`.single_step`) reads the arrays as given and never packs, because there each
+weight is read once anyway and the copy would cost more than it saves.
 """
 
 from __future__ import annotations
@@ -16,34 +18,63 @@ __all__ = ["NumbaWeights"]
 
 
 def _writable(a: np.ndarray) -> np.ndarray:
-    """Numba compiles a separate variant for read-only arrays; hand it a writable copy."""
-    return a if a.flags.writeable else a.copy()
+    """Numba compiles a separate variant for read-only or strided arrays; hand it a
+    writable contiguous one (a copy only where needed: biases are small)."""
+    return a if a.flags.writeable and a.flags.c_contiguous else np.array(a, order="C")
 
 
 class NumbaWeights:
-    """Packed weights of one cell.
+    """The weights of one cell, packed on first use.
 
-    params: the checked arrays (W (I, G*H), U (H, G*H), b, bn). Wp, Up: panels of W and U
-    (for gru_reset_before Up holds U's r, z columns and Up_n its n columns, since the n
-    product reads r * h). Rp: panels of the projection Wr (lstmp, else None). b, bn:
-    writable biases (bn None unless gru).
+    params: the checked arrays (W (I, G*H), U (H, G*H), b, bn), any strides (a transposed
+    view costs no copy here; packing reads it as it is). Wp, Up: panels of W and U (for
+    gru_reset_before Up holds U's r, z columns and Up_n its n columns, since the n product
+    reads r * h). Rp: panels of the projection Wr (lstmp, else None). b, bn: writable
+    contiguous biases (bn None unless gru).
     """
 
-    __slots__ = ("cell", "params", "Wp", "Up", "Up_n", "Rp", "b", "bn", "_ut", "_wt", "_rt")
+    __slots__ = ("cell", "params", "b", "bn", "_wp", "_up", "_rp", "_ut", "_wt", "_rt")
 
     def __init__(self, cell: CellSpec, params):
         self.cell, self.params = cell, params
-        W, U = params["W"], params["U"]
-        H = U.shape[0]
-        self.Wp = pack_panels(W)
-        if cell.name == "gru_reset_before":
-            self.Up, self.Up_n = pack_panels(U[:, :2 * H]), pack_panels(U[:, 2 * H:])
-        else:
-            self.Up, self.Up_n = pack_panels(U), None
-        self.Rp = pack_panels(params["Wr"]) if cell.has_projection else None
         self.b = _writable(params["b"])
         self.bn = _writable(params["bn"]) if cell.has_recurrent_bias else None
-        self._ut = self._wt = self._rt = None
+        self._wp = self._up = self._rp = self._ut = self._wt = self._rt = None
+
+    @property
+    def packed(self) -> bool:
+        """Whether the forward's panels exist already (a later call then reuses them)."""
+        return self._wp is not None
+
+    @property
+    def Wp(self) -> np.ndarray:
+        if self._wp is None:
+            self._wp = pack_panels(self.params["W"])
+        return self._wp
+
+    def _u_panels(self):
+        if self._up is None:
+            U = self.params["U"]
+            H = U.shape[0]
+            if self.cell.name == "gru_reset_before":
+                self._up = (pack_panels(U[:, :2 * H]), pack_panels(U[:, 2 * H:]))
+            else:
+                self._up = (pack_panels(U), None)
+        return self._up
+
+    @property
+    def Up(self) -> np.ndarray:
+        return self._u_panels()[0]
+
+    @property
+    def Up_n(self):
+        return self._u_panels()[1]
+
+    @property
+    def Rp(self):
+        if self._rp is None and self.cell.has_projection:
+            self._rp = pack_panels(self.params["Wr"])
+        return self._rp
 
     def ut_panels(self):
         """Panels of U^T (gru_reset_before: of its r, z rows and of its n rows, else None)."""

@@ -1,0 +1,196 @@
+"""One time step (T = 1) on the weights as given: cells in a loop, decoding, small calls.
+
+A sequence packs W and U into panels once and reads them T times (:mod:`.weights`). A
+single step reads each weight once, so packing would copy every weight to save nothing:
+a plain ``fastrnn.forward`` with T = 1 spent most of its time there, and a cell whose
+weights change between calls (training) would pack at every call. Here the two products
+``x @ W`` and ``h @ U`` are BLAS calls on the arrays as they come (any strides: torch's
+``weight_ih.T`` is read in place, no transposed copy), and one compiled pass applies the
+cell's pointwise step with the row functions of :mod:`.kernels`, so the step matches the
+same reference functions as the kernels do (``reference.lstm_step``, ``gru_step``,
+``rnn_step``).
+
+The backward is its mirror: one pass turns the output gradients into the gate gradients
+dG (B, G*H), then BLAS gives ``dh0 = dG @ U^T``, ``dx = dG @ W^T`` and the weight
+gradients as ``dG^T @ x`` (G*H, I): returned as their transposed views, so they have the
+(I, G*H) shape of ``params`` and torch's ``weight_ih`` layout in memory (``fastrnn.torch``
+hands them over without a copy).
+
+Cells: rnn_tanh, rnn_relu, lstm, gru. lstmp and gru_reset_before take the sequence path.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from .kernels import gates_sigm, gru_bwd_row, gru_state_row, lstm_bwd_row, lstm_row, rnn_bwd_row, \
+    rnn_row
+from .math import JIT
+from .unpacked import is_small, product, product_into
+
+__all__ = ["CELLS", "forward", "backward"]
+
+CELLS = frozenset({"rnn_tanh", "rnn_relu", "lstm", "gru"})
+
+
+# ------------------------------------------------------------------ pointwise passes
+# One loop over the batch rows each, calling the row function the sequence kernels use.
+
+@njit(**JIT)
+def rnn_rows(ax, ah, bias, relu, h, out):
+    B, H = h.shape
+    for b in range(B):
+        rnn_row(ax[b], ah[b], bias, relu, h[b], out[b], H)
+
+
+@njit(**JIT)
+def lstm_rows(ax, ah, bias, h, c, out, gates, tanhc):
+    B, H = h.shape
+    for b in range(B):
+        lstm_row(gates[b], ax[b], ah[b], bias, c[b], h[b], out[b], tanhc[b], H)
+
+
+@njit(**JIT)
+def gru_rows(ax, ah, bias, bn, h, out, gates):
+    B, H = h.shape
+    for b in range(B):
+        gates_sigm(gates[b], ax[b], ah[b], bias, 0, 2 * H)
+        gru_state_row(gates[b], ax[b], ah[b], bias, bn, h[b], out[b], H)
+
+
+@njit(**JIT)
+def rnn_grad_rows(out, relu, dhc, d):
+    B, H = out.shape
+    for b in range(B):
+        rnn_bwd_row(dhc[b], out[b], relu, d[b], H)
+
+
+@njit(**JIT)
+def lstm_grad_rows(gates, cprev, tanhc, dhc, dcc, d):
+    B, H = cprev.shape
+    for b in range(B):
+        lstm_bwd_row(gates[b], cprev[b], tanhc[b], dhc[b], dcc[b], d[b], H)
+
+
+@njit(**JIT)
+def gru_grad_rows(gates, hprev, dhc, dgx, w):
+    B, H = hprev.shape
+    for b in range(B):
+        gru_bwd_row(gates[b], hprev[b], dhc[b], dgx[b], w[b], H)
+
+
+# ------------------------------------------------------------------------- products
+# Small steps run their products in one compiled call (Python's share of a call per
+# product would exceed the product); large ones and single rows call product() per
+# product, which may split the work over Numba's threads or hand a row to BLAS's gemv.
+
+@njit(**JIT)
+def step_products(x0, W, h0, U, ax, ah):
+    """ax = x0 @ W, ah = h0 @ U."""
+    product_into(x0, W, ax)
+    product_into(h0, U, ah)
+
+
+@njit(**JIT)
+def grad_products(dG, dR, x0, h0, W, U, dh0, dx, gWt, gUt):
+    """dh0 = dR @ U^T, dx = dG @ W^T, gWt = dG^T @ x0 (W's gradient, transposed),
+    gUt = dR^T @ h0 (U's, transposed); dG meets W, dR meets U (the same array but for gru)."""
+    product_into(dR, U.T, dh0)
+    product_into(dG, W.T, dx)
+    product_into(dG.T, x0, gWt)
+    product_into(dR.T, h0, gUt)
+
+
+def _step_products(x0, W, h0, U):
+    B, I = x0.shape
+    H, GH = U.shape
+    if B > 1 and is_small(2 * B * I * GH) and is_small(2 * B * H * GH):
+        ax, ah = np.empty((B, GH), x0.dtype), np.empty((B, GH), x0.dtype)
+        step_products(x0, W, h0, U, ax, ah)
+        return ax, ah
+    return product(x0, W), product(h0, U)
+
+
+def _grad_products(dG, dR, x0, h0, W, U):
+    """(dh0 part, dx (B, I), W's gradient (I, GH), U's (H, GH)): the gradients as transposed
+    views of C-contiguous (GH, I) and (GH, H) arrays, torch's layout of its weights."""
+    B, I = x0.shape
+    H, GH = U.shape
+    if B > 1 and is_small(2 * B * I * GH) and is_small(2 * B * H * GH):
+        dt = x0.dtype
+        dh0, dx = np.empty((B, H), dt), np.empty((B, I), dt)
+        gWt, gUt = np.empty((GH, I), dt), np.empty((GH, H), dt)
+        grad_products(dG, dR, x0, h0, W, U, dh0, dx, gWt, gUt)
+    else:
+        dh0, dx = product(dR, U.T), product(dG, W.T)
+        gWt, gUt = product(dG.T, x0), product(dR.T, h0)
+    return dh0, dx, gWt.T, gUt.T
+
+
+# --------------------------------------------------------------------------- passes
+
+def forward(cell, x, weights, h0, c0, training):
+    """One step: x (1, B, I), h0 (B, H), c0 (B, H) or None, C-contiguous, one dtype.
+
+    Returns (out (1, B, H), h_n, c_n or None, saved or None): ``saved`` holds what
+    :func:`backward` reads (the tape of the step).
+    """
+    p = weights.params
+    x0 = x[0]
+    B, H = h0.shape
+    dt = x.dtype
+    ax, ah = _step_products(x0, p["W"], h0, p["U"])
+    out = np.empty((1, B, H), dtype=dt)
+    h = h0.copy()
+    saved = {"single_step": True, "out": out}
+    c = None
+    if cell.name == "lstm":
+        c = c0.copy()
+        gates, tanhc = np.empty((B, 4 * H), dt), np.empty((B, H), dt)
+        lstm_rows(ax, ah, weights.b, h, c, out[0], gates, tanhc)
+        saved.update(gates=gates, tanhc=tanhc)
+    elif cell.name == "gru":
+        gates = np.empty((B, 4 * H), dt)
+        gru_rows(ax, ah, weights.b, weights.bn, h, out[0], gates)
+        saved.update(gates=gates)
+    else:
+        rnn_rows(ax, ah, weights.b, cell.nonlinearity == "relu", h, out[0])
+    return out, h, c, (saved if training else None)
+
+
+def _sum_rows(a: np.ndarray) -> np.ndarray:
+    """Column sums accumulated in float64, as the sequence path's bias gradients are."""
+    return a.sum(axis=0, dtype=np.float64).astype(a.dtype)
+
+
+def backward(cell, saved, x, weights, h0, c0, dh, dh_n, dc_n):
+    """Gradients of one step (see :func:`forward`); returns (dx, dh0, dc0, params)."""
+    p = weights.params
+    x0 = x[0]
+    B, H = h0.shape
+    dt = x.dtype
+    dhc = np.zeros((B, H), dtype=dt)
+    if dh is not None:
+        dhc += dh[0]
+    if dh_n is not None:
+        dhc += dh_n
+    grads, dc0 = {}, None
+    if cell.name == "lstm":
+        dc0 = np.zeros((B, H), dtype=dt) if dc_n is None else np.array(dc_n, dtype=dt)
+        dG = np.empty((B, 4 * H), dt)
+        lstm_grad_rows(saved["gates"], c0, saved["tanhc"], dhc, dc0, dG)
+        dR = dG
+    elif cell.name == "gru":
+        dG, dR = np.empty((B, 3 * H), dt), np.empty((B, 3 * H), dt)
+        gru_grad_rows(saved["gates"], h0, dhc, dG, dR)    # dhc becomes the direct term z*dh
+        grads["bn"] = _sum_rows(dR[:, 2 * H:])
+    else:
+        dG = np.empty((B, H), dt)
+        rnn_grad_rows(saved["out"][0], cell.nonlinearity == "relu", dhc, dG)
+        dR = dG
+    dh0, dx, grads["W"], grads["U"] = _grad_products(dG, dR, x0, h0, p["W"], p["U"])
+    if cell.name == "gru":
+        dh0 += dhc
+    grads["b"] = _sum_rows(dG)
+    return dx[None], dh0, dc0, {k: grads[k] for k in cell.param_names}
