@@ -50,6 +50,11 @@ class CellSpec:
     nonlinearity: str | None = None
     has_projection: bool = False
 
+    def __reduce__(self):
+        # A pickle names the cell: unpickling gives the registry's own spec (code compares
+        # specs by identity), and torch.load(weights_only=True) needs only get_cell allowed.
+        return get_cell, (self.name,)
+
     @property
     def num_gates(self) -> int:
         """G: the number of H-wide column blocks in W, U and b."""

@@ -46,7 +46,8 @@ from .convert import TORCH_MODES
 from .torch_bridge import resolve
 from .torch_function import RecurrentFunction, Run, WeightCache, fastrnn_params
 
-__all__ = ["LSTM", "GRU", "RNN", "RNNBase", "RNNCellBase", "RNNCell", "GRUCell", "LSTMCell"]
+__all__ = ["LSTM", "GRU", "RNN", "RNNBase", "RNNCellBase", "RNNCell", "GRUCell", "LSTMCell",
+           "SAFE_GLOBALS"]
 
 
 # ------------------------------------------------------------------------------- checks
@@ -611,3 +612,13 @@ class LSTMCell(RNNCellBase):
                             f"{type(hx).__name__}")
         h, c = self._step(input, states, ["hx[0]", "hx[1]"])
         return h, c
+
+
+#: What ``torch.load(..., weights_only=True)`` must be allowed to build for a saved module
+#: of this package (a whole model, not only its state_dict): the module classes, the empty
+#: weight cache they carry and ``get_cell``, which a pickled cell spec names. One line::
+#:
+#:     torch.serialization.add_safe_globals(fastrnn.torch.SAFE_GLOBALS)
+#:
+#: (or ``with torch.serialization.safe_globals(fastrnn.torch.SAFE_GLOBALS): ...``).
+SAFE_GLOBALS = [LSTM, GRU, RNN, RNNCell, GRUCell, LSTMCell, WeightCache, get_cell]
