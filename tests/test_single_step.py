@@ -2,8 +2,8 @@
 
 ``fastrnn/backends/numba/single_step.py`` runs a step without packing the weights, its
 products reading them in place (``unpacked.py``): row-contiguous and column-contiguous
-operands, one row (BLAS's gemv), a few rows (one compiled call) and many rows (products
-split over threads). Each is checked against NumPy in float64, and whole steps against the
+operands, one row (BLAS's gemv), a few rows and many rows (products split over
+threads). Each is checked against NumPy in float64, and whole steps against the
 reference backend in float32 and float64 for every cell it serves, with C-ordered and
 transposed (torch's) weights, states given or not, and batch sizes that take each route.
 """
@@ -15,7 +15,7 @@ import fastrnn
 from assertions import assert_close
 from conftest import require_backend
 from fastrnn.backends.numba import single_step
-from fastrnn.backends.numba.unpacked import product, product_into
+from fastrnn.backends.numba.unpacked import product
 from fastrnn.core.tolerances import PRIMITIVE_TOLERANCES, rel_err
 
 pytestmark = pytest.mark.usefixtures("numba_available")
@@ -42,10 +42,6 @@ def test_product_of_operands_read_in_place(M, K, N, a_order, b_order, dtype, rng
     got = product(A, B)
     assert got.shape == (M, N) and got.flags.c_contiguous and got.dtype == dtype
     assert rel_err(got, want) <= PRIMITIVE_TOLERANCES[dtype]
-    into = np.full((M, N), np.nan, dtype=dtype)
-    if M > 1:                                    # the compiled route (one row goes to BLAS)
-        product_into(A, B, into)
-        assert rel_err(into, want) <= PRIMITIVE_TOLERANCES[dtype]
 
 
 def test_product_of_a_strided_view(rng):

@@ -88,6 +88,17 @@ tape_digest_samples: int = 4096
 openblas_thread_timeout: str = "20"
 
 
+def _env_notice() -> float | None:
+    raw = os.environ.get("FASTRNN_COMPILE_NOTICE_S", "1").strip().lower()
+    return None if raw in ("", "off", "none", "no") else float(raw)
+
+
+#: Seconds a first call of a numba kernel may compile before a line on stderr says so
+#: (fastrnn/backends/numba/first_use.py); None: never. ``FASTRNN_COMPILE_NOTICE_S``
+#: ("off" for none).
+compile_notice_s: float | None = _env_notice()
+
+
 def workspace_max_bytes() -> int:
     """:data:`workspace_mb` in bytes."""
     return int(workspace_mb * (1 << 20))

@@ -30,6 +30,7 @@ import numpy as np
 
 from ..base import Backend, BackwardOut, ForwardOut
 from . import kernels, single_step, workspace
+from .first_use import compile_notice
 from .buffers import chunk_size, dummy, full_lengths, gemm_out, padded_rows
 from .gemm import (MR, NR, matmul, matmul_packed, pack_panels, padded, panel_column_sums,
                    panel_matmul)
@@ -89,9 +90,14 @@ class NumbaBackend(Backend):
 
     # ------------------------------------------------------------------------- forward
     def forward(self, cell, x, weights, h0, c0, lengths, reverse, training, *, tf32=False):
+        if x.shape[0] == 1 and cell.name in single_step.CELLS and not weights.packed:
+            with compile_notice("step", cell, x.dtype):
+                return ForwardOut(*single_step.forward(cell, x, weights, h0, c0, training))
+        with compile_notice("forward", cell, x.dtype):
+            return self._forward(cell, x, weights, h0, c0, lengths, reverse, training)
+
+    def _forward(self, cell, x, weights, h0, c0, lengths, reverse, training):
         T, B, I = x.shape
-        if T == 1 and cell.name in single_step.CELLS and not weights.packed:
-            return ForwardOut(*single_step.forward(cell, x, weights, h0, c0, training))
         G = cell.num_gates
         H, P = weights.params["U"].shape[1] // G, h0.shape[1]   # gate width, h width
         dt = x.dtype
@@ -154,8 +160,14 @@ class NumbaBackend(Backend):
     def backward(self, cell, saved, x, weights, h0, c0, lengths, reverse, dh, dh_n, dc_n, *,
                  tf32=False):
         if saved.get("single_step"):
-            return BackwardOut(*single_step.backward(cell, saved, x, weights, h0, c0, dh, dh_n,
-                                                     dc_n))
+            with compile_notice("step's backward", cell, x.dtype):
+                return BackwardOut(*single_step.backward(cell, saved, x, weights, h0, c0, dh,
+                                                         dh_n, dc_n))
+        with compile_notice("backward", cell, x.dtype):
+            return self._backward(cell, saved, x, weights, h0, c0, lengths, reverse, dh, dh_n,
+                                  dc_n)
+
+    def _backward(self, cell, saved, x, weights, h0, c0, lengths, reverse, dh, dh_n, dc_n):
         T, B, I = x.shape
         G = cell.num_gates
         H, P = weights.params["U"].shape[1] // G, h0.shape[1]   # gate width, h width

@@ -27,7 +27,7 @@ from numba import njit
 from .kernels import gates_sigm, gru_bwd_row, gru_state_row, lstm_bwd_row, lstm_row, rnn_bwd_row, \
     rnn_row
 from .math import JIT
-from .unpacked import is_small, product, product_into
+from .unpacked import product
 
 __all__ = ["CELLS", "forward", "backward"]
 
@@ -81,51 +81,13 @@ def gru_grad_rows(gates, hprev, dhc, dgx, w):
 
 
 # ------------------------------------------------------------------------- products
-# Small steps run their products in one compiled call (Python's share of a call per
-# product would exceed the product); large ones and single rows call product() per
-# product, which may split the work over Numba's threads or hand a row to BLAS's gemv.
-
-@njit(**JIT)
-def step_products(x0, W, h0, U, ax, ah):
-    """ax = x0 @ W, ah = h0 @ U."""
-    product_into(x0, W, ax)
-    product_into(h0, U, ah)
-
-
-@njit(**JIT)
-def grad_products(dG, dR, x0, h0, W, U, dh0, dx, gWt, gUt):
-    """dh0 = dR @ U^T, dx = dG @ W^T, gWt = dG^T @ x0 (W's gradient, transposed),
-    gUt = dR^T @ h0 (U's, transposed); dG meets W, dR meets U (the same array but for gru)."""
-    product_into(dR, U.T, dh0)
-    product_into(dG, W.T, dx)
-    product_into(dG.T, x0, gWt)
-    product_into(dR.T, h0, gUt)
-
-
-def _step_products(x0, W, h0, U):
-    B, I = x0.shape
-    H, GH = U.shape
-    if B > 1 and is_small(2 * B * I * GH) and is_small(2 * B * H * GH):
-        ax, ah = np.empty((B, GH), x0.dtype), np.empty((B, GH), x0.dtype)
-        step_products(x0, W, h0, U, ax, ah)
-        return ax, ah
-    return product(x0, W), product(h0, U)
-
 
 def _grad_products(dG, dR, x0, h0, W, U):
-    """(dh0 part, dx (B, I), W's gradient (I, GH), U's (H, GH)): the gradients as transposed
-    views of C-contiguous (GH, I) and (GH, H) arrays, torch's layout of its weights."""
-    B, I = x0.shape
-    H, GH = U.shape
-    if B > 1 and is_small(2 * B * I * GH) and is_small(2 * B * H * GH):
-        dt = x0.dtype
-        dh0, dx = np.empty((B, H), dt), np.empty((B, I), dt)
-        gWt, gUt = np.empty((GH, I), dt), np.empty((GH, H), dt)
-        grad_products(dG, dR, x0, h0, W, U, dh0, dx, gWt, gUt)
-    else:
-        dh0, dx = product(dR, U.T), product(dG, W.T)
-        gWt, gUt = product(dG.T, x0), product(dR.T, h0)
-    return dh0, dx, gWt.T, gUt.T
+    """dh0 = dR @ U^T, dx = dG @ W^T and the weight gradients x0^T @ dG, h0^T @ dR as
+    transposed views of C-contiguous (G*H, I) and (G*H, H) arrays: torch's layout of its
+    weights. dG meets W, dR meets U (the same array but for gru)."""
+    return (product(dR, U.T), product(dG, W.T), product(dG.T, x0).T,
+            product(dR.T, h0).T)
 
 
 # --------------------------------------------------------------------------- passes
@@ -140,7 +102,7 @@ def forward(cell, x, weights, h0, c0, training):
     x0 = x[0]
     B, H = h0.shape
     dt = x.dtype
-    ax, ah = _step_products(x0, p["W"], h0, p["U"])
+    ax, ah = product(x0, p["W"]), product(h0, p["U"])
     out = np.empty((1, B, H), dtype=dt)
     h = h0.copy()
     saved = {"single_step": True, "out": out}

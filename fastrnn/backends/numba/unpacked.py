@@ -28,9 +28,8 @@ from .gemm import KC, MR, NR, NR_NARROW, tile, tile_narrow
 from .math import JIT
 from .threads import one_blas_thread, parallel_allowed
 
-__all__ = ["product", "product_into", "is_small"]
+__all__ = ["product"]
 
-_NR4, _NR8, _NN4, _NN8 = NR[4], NR[8], NR_NARROW[4], NR_NARROW[8]
 _BAND_BYTES = 128 * 1024        # rows of B read per pass over the panels: half an L2
 
 
@@ -91,7 +90,7 @@ def _broadcast_rows_threaded(bt, ldbt, N, K, at, w, P, d, ldd, size, narrow, per
 
 
 def _threads(flops: int, units: int) -> int:
-    if is_small(flops) or not parallel_allowed():
+    if flops < 2 * config.min_flops_per_thread or not parallel_allowed():
         return 1
     return max(1, min(numba.get_num_threads(), units,
                       int(flops // config.min_flops_per_thread)))
@@ -187,48 +186,3 @@ def _product_columns(A, B):
     return np.ascontiguousarray(D[:, :M].T)
 
 
-# ------------------------------------------------- the same, compiled whole (small sizes)
-
-@njit(**JIT)
-def product_into(A, B, C):
-    """C (M, N) = A (M, K) @ B (K, N) on the calling thread, as :func:`product` does it:
-    for callers that run a few products in one compiled call (:mod:`.single_step`), where
-    Python's share of a separate call per product would exceed the product itself."""
-    M, K = A.shape
-    N = B.shape[1]
-    size = A.itemsize
-    a_rs, a_ks = A.strides[0] // size, A.strides[1] // size
-    if B.strides[1] == size:
-        nr = _NR4 if size == 4 else _NR8
-        full = N // nr
-        panels = -(-N // nr)
-        tail_b = np.zeros((K, nr), dtype=A.dtype)
-        tmp = np.empty((M, nr), dtype=A.dtype)
-        for k in range(K):
-            for j in range(N - full * nr):
-                tail_b[k, j] = B[k, full * nr + j]
-        _rows_by_panels(A.ctypes.data, a_rs, a_ks, M, K, B.ctypes.data, B.strides[0] // size,
-                        full, tail_b.ctypes.data, C.ctypes.data, N, tmp.ctypes.data, size, nr,
-                        0, panels)
-        for i in range(M):
-            for j in range(N - full * nr):
-                C[i, full * nr + j] = tmp[i, j]
-        return
-    narrow = M <= (_NN4 if size == 4 else _NN8)
-    w = (_NN4 if size == 4 else _NN8) if narrow else (_NR4 if size == 4 else _NR8)
-    P = -(-M // w)
-    at = np.zeros((P, K, w), dtype=A.dtype)
-    for m in range(M):
-        for k in range(K):
-            at[m // w, k, m % w] = A[m, k]
-    D = np.empty((N, P * w), dtype=A.dtype)
-    _broadcast_rows(B.ctypes.data, B.strides[1] // size, N, K, at.ctypes.data, w, P,
-                    D.ctypes.data, P * w, size, narrow, 0, N)
-    for m in range(M):
-        for n in range(N):
-            C[m, n] = D[n, m]
-
-
-def is_small(flops: int) -> bool:
-    """Whether a product of ``flops`` runs on one thread anyway (see :func:`product`)."""
-    return flops < 2 * config.min_flops_per_thread
