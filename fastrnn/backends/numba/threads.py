@@ -64,7 +64,11 @@ def _blas_controllers() -> list:
     """threadpoolctl's controllers of the BLAS libraries loaded now (found once)."""
     global _blas_libraries
     if _blas_libraries is None:
-        from threadpoolctl import ThreadpoolController
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:              # a dependency; without it BLAS keeps its own count
+            _blas_libraries = []
+            return _blas_libraries
         _blas_libraries = [lib for lib in ThreadpoolController().lib_controllers
                            if lib.user_api == "blas"]
     return _blas_libraries
