@@ -493,7 +493,7 @@ def test_cuda_follows_torchs_tf32_switch(monkeypatch):
     real = torch_function._forward
 
     def spy(*args, **kwargs):
-        seen.append(kwargs.get("allow_tf32"))
+        seen.append(kwargs.get("tf32"))
         return real(*args, **kwargs)
 
     monkeypatch.setattr(torch_function, "_forward", spy)
