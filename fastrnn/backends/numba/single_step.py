@@ -105,16 +105,17 @@ def forward(cell, x, weights, h0, c0, training):
     ax, ah = product(x0, p["W"]), product(h0, p["U"])
     out = np.empty((1, B, H), dtype=dt)
     h = h0.copy()
-    saved = {"single_step": True, "out": out}
+    # The keys and (T, B, .) shapes of the sequence kernels' tape (fastrnn.notebook reads it).
+    saved = {"single_step": True, "out": out, "hprev": h0[None]}
     c = None
     if cell.name == "lstm":
         c = c0.copy()
-        gates, tanhc = np.empty((B, 4 * H), dt), np.empty((B, H), dt)
-        lstm_rows(ax, ah, weights.b, h, c, out[0], gates, tanhc)
-        saved.update(gates=gates, tanhc=tanhc)
+        gates, tanhc = np.empty((1, B, 4 * H), dt), np.empty((1, B, H), dt)
+        lstm_rows(ax, ah, weights.b, h, c, out[0], gates[0], tanhc[0])
+        saved.update(gates=gates, tanhc=tanhc, cprev=c0[None])
     elif cell.name == "gru":
-        gates = np.empty((B, 4 * H), dt)
-        gru_rows(ax, ah, weights.b, weights.bn, h, out[0], gates)
+        gates = np.empty((1, B, 4 * H), dt)
+        gru_rows(ax, ah, weights.b, weights.bn, h, out[0], gates[0])
         saved.update(gates=gates)
     else:
         rnn_rows(ax, ah, weights.b, cell.nonlinearity == "relu", h, out[0])
@@ -141,11 +142,11 @@ def backward(cell, saved, x, weights, h0, c0, dh, dh_n, dc_n):
     if cell.name == "lstm":
         dc0 = np.zeros((B, H), dtype=dt) if dc_n is None else np.array(dc_n, dtype=dt)
         dG = np.empty((B, 4 * H), dt)
-        lstm_grad_rows(saved["gates"], c0, saved["tanhc"], dhc, dc0, dG)
+        lstm_grad_rows(saved["gates"][0], c0, saved["tanhc"][0], dhc, dc0, dG)
         dR = dG
     elif cell.name == "gru":
         dG, dR = np.empty((B, 3 * H), dt), np.empty((B, 3 * H), dt)
-        gru_grad_rows(saved["gates"], h0, dhc, dG, dR)    # dhc becomes the direct term z*dh
+        gru_grad_rows(saved["gates"][0], h0, dhc, dG, dR)  # dhc becomes the direct term z*dh
         grads["bn"] = _sum_rows(dR[:, 2 * H:])
     else:
         dG = np.empty((B, H), dt)
