@@ -29,7 +29,7 @@ class compile_notice:
 
     def __init__(self, what: str, cell, dtype):
         self._timer = None
-        key = (what, cell.name, str(dtype))
+        key = (what, cell.name, dtype)
         if key in _seen:
             return
         with _lock:
