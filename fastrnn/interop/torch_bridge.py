@@ -138,8 +138,21 @@ def _cupy_bridge():
     return _CUPY_BRIDGE
 
 
+_cpu_resolved: dict = {}
+
+
 def resolve(backend, device: torch.device):
-    """(backend object, bridge) for tensors on ``device``."""
+    """(backend object, bridge) for tensors on ``device`` (the CPU's answer is kept: a
+    cell step in a loop asks at every call)."""
+    if device.type == "cpu" and isinstance(backend, str):
+        found = _cpu_resolved.get(backend)
+        if found is None:
+            found = _cpu_resolved[backend] = _resolve(backend, device)
+        return found
+    return _resolve(backend, device)
+
+
+def _resolve(backend, device: torch.device):
     if device.type == "cpu":
         bridge = _NUMPY_BRIDGE
         name = (_backends.auto_backend_name(np.empty(0)) if backend in (None, "auto")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import weakref
 
+import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
@@ -18,7 +19,7 @@ from .. import api as _api
 from ..api import prepare
 from .biases import fold_biases, fold_gradients
 
-__all__ = ["Run", "WeightCache", "RecurrentFunction"]
+__all__ = ["Run", "WeightCache", "RecurrentFunction", "CellStepFunction"]
 
 
 class Run:
@@ -202,3 +203,86 @@ class RecurrentFunction(torch.autograd.Function):
             db_hh = br.tensor(db_hh) if need[7] else None
             dw_hr = br.tensor(xp.ascontiguousarray(g.params["Wr"].T)) if need[8] else None
         return None, dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dw_hr
+
+
+_zero_biases: dict = {}
+
+
+def _zeros(n: int, dtype) -> np.ndarray:
+    """A zero bias (n,) kept per size and dtype: the biases ride in torch.addmm instead."""
+    key = (n, dtype)
+    z = _zero_biases.get(key)
+    if z is None:
+        z = _zero_biases[key] = np.zeros(n, dtype=dtype)
+    return z
+
+
+class CellStepFunction(torch.autograd.Function):
+    """One cell step on the CPU: the products by torch, the cell's math by fastrnn.
+
+    A step this small is mostly fixed cost, and its products are single GEMMs: they run
+    as ``torch.addmm`` on the parameters as they are now, biases included (torch's GEMMs
+    on torch's thread pool, which another pool beside it would fight for the cores), and
+    the cell's pointwise math, forward and backward, is one compiled pass of the
+    backend's (``step_rows_forward`` / ``step_rows_backward``: the numba backend's row
+    functions that its sequence kernels use) instead of torch's dozen small operations
+    and autograd nodes. Nothing is prepared or cached, so every change to the parameters
+    is seen. The module has made torch.nn's checks; the API's are skipped.
+
+    Inputs: (spec, backend), x (B, I), h0 (B, H) or None, c0 (B, H) or None (lstm),
+    weight_ih (G*H, I), weight_hh (G*H, H), bias_ih and bias_hh (G*H,) or None.
+    Outputs: h' (B, H), plus c' for lstm.
+    """
+
+    @staticmethod
+    def forward(ctx, step, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+        spec, be = step
+        B, H = x.shape[0], w_hh.shape[1]
+        x, w_ih, w_hh = x.detach(), w_ih.detach(), w_hh.detach()
+        h0 = x.new_zeros((B, H)) if h0 is None else h0.detach().contiguous()
+        if spec.has_cell_state:
+            c0 = x.new_zeros((B, H)) if c0 is None else c0.detach().contiguous()
+        # x @ W_ih^T + b_ih and h0 @ W_hh^T + b_hh: torch.nn's two halves of every gate,
+        # so the pass adds no bias of its own (gru's n gate reads r * (h0 @ W_hn^T + b_hn)).
+        ax = torch.mm(x, w_ih.t()) if b_ih is None else torch.addmm(b_ih.detach(), x, w_ih.t())
+        ah = torch.mm(h0, w_hh.t()) if b_hh is None else torch.addmm(b_hh.detach(), h0,
+                                                                       w_hh.t())
+        dt = ax.numpy().dtype
+        training = any(ctx.needs_input_grad[1:])
+        h, c, saved = be.step_rows_forward(spec, ax.numpy(), ah.numpy(), _zeros(ax.shape[1], dt),
+                                           _zeros(H, dt) if spec.has_recurrent_bias else None,
+                                           h0.numpy(), None if c0 is None else c0.numpy(),
+                                           training)
+        ctx.set_materialize_grads(False)
+        h = torch.from_numpy(h)
+        outs = (h,) if c is None else (h, torch.from_numpy(c))
+        if training:
+            ctx.step, ctx.saved = step, saved
+            # x, h0 and the weights meet the gradients in backward; h' is saved so that
+            # torch's version counter refuses a backward after an in-place change to it.
+            ctx.save_for_backward(x, h0, w_ih, w_hh, h)
+        return outs
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dh, dc=None):
+        x, h0, w_ih, w_hh, _ = ctx.saved_tensors      # raises if one was modified in place
+        need = ctx.needs_input_grad
+        dG, dR, direct, dc0 = ctx.step[1].step_rows_backward(
+            ctx.saved, None if dh is None else dh.detach().numpy(),
+            None if dc is None else dc.detach().numpy())
+        same = dR is dG
+        dG = torch.from_numpy(dG)
+        dR = dG if same else torch.from_numpy(dR)
+        dx = torch.mm(dG, w_ih) if need[1] else None
+        dh0 = None
+        if need[2]:
+            dh0 = torch.mm(dR, w_hh)
+            if direct is not None:
+                dh0 += torch.from_numpy(direct)
+        return (None, dx, dh0,
+                torch.from_numpy(dc0) if need[3] and dc0 is not None else None,
+                torch.mm(dG.t(), x) if need[4] else None,
+                torch.mm(dR.t(), h0) if need[5] else None,
+                dG.sum(0) if need[6] else None,           # d(bias_ih): every gate's dG
+                dR.sum(0) if need[7] else None)           # d(bias_hh): what met h0's half

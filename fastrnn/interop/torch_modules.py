@@ -44,7 +44,7 @@ from .. import backends as _backends
 from ..core.cells import get_cell
 from .convert import TORCH_MODES
 from .torch_bridge import resolve
-from .torch_function import RecurrentFunction, Run, WeightCache, fastrnn_params
+from .torch_function import CellStepFunction, RecurrentFunction, Run, WeightCache
 
 __all__ = ["LSTM", "GRU", "RNN", "RNNBase", "RNNCellBase", "RNNCell", "GRUCell", "LSTMCell",
            "SAFE_GLOBALS"]
@@ -145,8 +145,8 @@ def _check_input_tensor(x, name, weight, input_size, dtype_error) -> None:
     """x's dtype (``dtype_error``: ValueError for the layers, RuntimeError for the cells,
     as torch.nn), device and feature count against the parameters. Under autocast, as for
     torch.nn, any 32- or 16-bit float input goes with such parameters."""
-    amp = autocast_dtype(x, weight)
-    if x.dtype != weight.dtype and not (amp is not None and _castable(x.dtype)):
+    if x.dtype != weight.dtype and not (autocast_dtype(x, weight) is not None
+                                        and _castable(x.dtype)):
         raise dtype_error(f"{name}: dtype {x.dtype} does not match the parameters' dtype "
                           f"{weight.dtype}; convert the input with .to({weight.dtype}) or the "
                           f"module with .to({x.dtype})")
@@ -164,9 +164,8 @@ def _check_state_tensor(name, s, shape, like, what) -> None:
     if tuple(s.shape) != tuple(shape):
         raise RuntimeError(f"{name}: expected shape {tuple(shape)} {what}, got "
                            f"{tuple(s.shape)}")
-    amp = autocast_dtype(like, like)
-    same_dtype = s.dtype == like.dtype or (amp is not None and _castable(s.dtype)
-                                           and _castable(like.dtype))
+    same_dtype = s.dtype == like.dtype or (autocast_dtype(like, like) is not None
+                                           and _castable(s.dtype) and _castable(like.dtype))
     if not same_dtype or s.device != like.device:
         raise RuntimeError(f"{name}: expected a {like.dtype} tensor on {like.device} like "
                            f"the input, got {s.dtype} on {s.device}")
@@ -538,16 +537,14 @@ class RNNCellBase(nn.Module):
             x = x.to(amp)
             h0c0 = [None if s is None else s.to(amp) for s in h0c0]
         tensors = (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, None)
-        if getattr(be, "strided_params", False):
-            # One step reads each weight once: the backend takes the parameters' memory as
-            # it is (no packed copy to keep, so nothing to compare or go stale).
-            cast = tensors if amp is None else tuple(
-                None if t is None else t.detach().to(amp) for t in tensors)
-            with bridge.scope(x):
-                weights = fastrnn_params(self._cell, bridge, *cast)
-        else:
-            weights = self._weight_cache.get(self._cell, be, bridge, tensors,
-                                             _grads_flow(tensors), amp)
+        if (amp is None and hasattr(be, "step_rows_forward")
+                and x.dtype in (torch.float32, torch.float64)):
+            # The CPU path: the step reads the parameters' memory as it is now (nothing
+            # prepared, nothing to compare or go stale; see CellStepFunction).
+            out = CellStepFunction.apply((self._cell, be), x[0], *h0c0, *tensors[:4])
+            return out if batched else tuple(t.squeeze(0) for t in out)
+        weights = self._weight_cache.get(self._cell, be, bridge, tensors, _grads_flow(tensors),
+                                         amp)
         run = Run(self._cell, be, bridge, weights, None, False, torch.is_grad_enabled(),
                   tf32_allowed(x))
         res = RecurrentFunction.apply(run, x, *h0c0, *tensors)

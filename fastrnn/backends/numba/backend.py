@@ -85,6 +85,17 @@ class NumbaBackend(Backend):
     def prepare(self, cell, params):
         return NumbaWeights(cell, params)
 
+    def step_rows_forward(self, cell, ax, ah, b, bn, h0, c0, training):
+        """A step's pointwise pass from its products (fastrnn.torch's cells compute those
+        with torch): see :func:`.single_step.rows_forward`."""
+        with compile_notice("step", cell, ax.dtype):
+            return single_step.rows_forward(cell, ax, ah, b, bn, h0, c0, training)
+
+    def step_rows_backward(self, saved, dh, dc):
+        """See :func:`.single_step.rows_backward`."""
+        with compile_notice("step's backward", saved[0], saved[1].dtype):
+            return single_step.rows_backward(saved, dh, dc)
+
     def stepper(self, cell, weights, batch_size, dtype):
         return NumbaStepRunner(cell, weights, batch_size, dtype)
 

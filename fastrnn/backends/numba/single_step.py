@@ -29,7 +29,7 @@ from .kernels import gates_sigm, gru_bwd_row, gru_state_row, lstm_bwd_row, lstm_
 from .math import JIT
 from .unpacked import product
 
-__all__ = ["CELLS", "forward", "backward"]
+__all__ = ["CELLS", "forward", "backward", "rows_forward", "rows_backward"]
 
 CELLS = frozenset({"rnn_tanh", "rnn_relu", "lstm", "gru"})
 
@@ -157,3 +157,54 @@ def backward(cell, saved, x, weights, h0, c0, dh, dh_n, dc_n):
         dh0 += dhc
     grads["b"] = _sum_rows(dG)
     return dx[None], dh0, dc0, {k: grads[k] for k in cell.param_names}
+
+
+# ------------------------------------------------------------ the pointwise pass alone
+# fastrnn.torch's cells compute a step's products with torch itself (its GEMMs on its own
+# thread pool, beside which another pool would contend for the cores) and hand the cell's
+# math, one compiled pass each way, to these two.
+
+def rows_forward(cell, ax, ah, b, bn, h0, c0, training):
+    """The pointwise step of rnn_tanh/rnn_relu/lstm/gru from its products.
+
+    ax = x @ W (B, G*H), ah = h0 @ U (B, G*H), b (G*H,), bn (H,) (gru, else None), h0, c0
+    (B, H) (c0 lstm, else None): C-contiguous, one dtype. Returns (h, c or None, saved or
+    None); h and c are new arrays.
+    """
+    B, H = h0.shape
+    dt = ax.dtype
+    h = h0.copy()
+    c = gates = tanhc = None
+    if cell.name == "lstm":
+        c = c0.copy()
+        gates, tanhc = np.empty((B, 4 * H), dt), np.empty((B, H), dt)
+        lstm_rows(ax, ah, b, h, c, h, gates, tanhc)
+    elif cell.name == "gru":
+        gates = np.empty((B, 4 * H), dt)
+        gru_rows(ax, ah, b, bn, h, h, gates)
+    else:
+        rnn_rows(ax, ah, b, cell.nonlinearity == "relu", h, h)
+    saved = (cell, h0, c0, gates, tanhc, h) if training else None
+    return h, c, saved
+
+
+def rows_backward(saved, dh, dc):
+    """The gradients of :func:`rows_forward`'s step from dh (B, H) and dc (B, H) (lstm),
+    either None for zeros: (dG, dR, direct, dc0). dG (B, G*H) meets x and W (and gives the
+    bias gradient), dR meets h0 and U (the same array but for gru), direct is the part of
+    dh0 that does not pass through U (gru's z * dh, else None), dc0 (lstm, else None)."""
+    cell, h0, c0, gates, tanhc, h = saved
+    B, H = h0.shape
+    dt = h0.dtype
+    dhc = np.zeros((B, H), dt) if dh is None else np.array(dh, dtype=dt)
+    dG = np.empty((B, cell.num_gates * H), dt)
+    if cell.name == "lstm":
+        dc0 = np.zeros((B, H), dt) if dc is None else np.array(dc, dtype=dt)
+        lstm_grad_rows(gates, c0, tanhc, dhc, dc0, dG)
+        return dG, dG, None, dc0
+    if cell.name == "gru":
+        dR = np.empty((B, 3 * H), dt)
+        gru_grad_rows(gates, h0, dhc, dG, dR)
+        return dG, dR, dhc, None
+    rnn_grad_rows(h, cell.nonlinearity == "relu", dhc, dG)
+    return dG, dG, None, None

@@ -184,5 +184,3 @@ def _product_columns(A, B):
         per = -(-N // threads)
         _broadcast_rows_threaded(*args, -(-per // MR) * MR)
     return np.ascontiguousarray(D[:, :M].T)
-
-
