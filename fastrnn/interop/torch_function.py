@@ -19,7 +19,7 @@ from .. import api as _api
 from ..api import prepare
 from .biases import fold_biases, fold_gradients
 
-__all__ = ["Run", "WeightCache", "RecurrentFunction", "CellStepFunction"]
+__all__ = ["Run", "WeightCache", "RecurrentFunction", "CellStepFunction", "cell_step"]
 
 
 class Run:
@@ -217,6 +217,30 @@ def _zeros(n: int, dtype) -> np.ndarray:
     return z
 
 
+def cell_step(step, x, h0, c0, w_ih, w_hh, b_ih, b_hh, training=False):
+    """The forward of :class:`CellStepFunction` without autograd (what a cell under
+    ``torch.no_grad`` runs): (outputs, the backend's saved step or None, (x, h0, w_ih,
+    w_hh) as the backward reads them)."""
+    spec, be = step
+    B, H = x.shape[0], w_hh.shape[1]
+    x, w_ih, w_hh = x.detach(), w_ih.detach(), w_hh.detach()
+    h0 = x.new_zeros((B, H)) if h0 is None else h0.detach().contiguous()
+    if spec.has_cell_state:
+        c0 = x.new_zeros((B, H)) if c0 is None else c0.detach().contiguous()
+    # x @ W_ih^T + b_ih and h0 @ W_hh^T + b_hh: torch.nn's two halves of every gate, so
+    # the pass adds no bias of its own (gru's n gate reads r * (h0 @ W_hn^T + b_hn)).
+    ax = torch.mm(x, w_ih.t()) if b_ih is None else torch.addmm(b_ih.detach(), x, w_ih.t())
+    ah = torch.mm(h0, w_hh.t()) if b_hh is None else torch.addmm(b_hh.detach(), h0, w_hh.t())
+    dt = ax.numpy().dtype
+    h, c, saved = be.step_rows_forward(spec, ax.numpy(), ah.numpy(), _zeros(ax.shape[1], dt),
+                                       _zeros(H, dt) if spec.has_recurrent_bias else None,
+                                       h0.numpy(), None if c0 is None else c0.numpy(),
+                                       training)
+    h = torch.from_numpy(h)
+    outs = (h,) if c is None else (h, torch.from_numpy(c))
+    return outs, saved, (x, h0, w_ih, w_hh)
+
+
 class CellStepFunction(torch.autograd.Function):
     """One cell step on the CPU: the products by torch, the cell's math by fastrnn.
 
@@ -236,31 +260,14 @@ class CellStepFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, step, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
-        spec, be = step
-        B, H = x.shape[0], w_hh.shape[1]
-        x, w_ih, w_hh = x.detach(), w_ih.detach(), w_hh.detach()
-        h0 = x.new_zeros((B, H)) if h0 is None else h0.detach().contiguous()
-        if spec.has_cell_state:
-            c0 = x.new_zeros((B, H)) if c0 is None else c0.detach().contiguous()
-        # x @ W_ih^T + b_ih and h0 @ W_hh^T + b_hh: torch.nn's two halves of every gate,
-        # so the pass adds no bias of its own (gru's n gate reads r * (h0 @ W_hn^T + b_hn)).
-        ax = torch.mm(x, w_ih.t()) if b_ih is None else torch.addmm(b_ih.detach(), x, w_ih.t())
-        ah = torch.mm(h0, w_hh.t()) if b_hh is None else torch.addmm(b_hh.detach(), h0,
-                                                                       w_hh.t())
-        dt = ax.numpy().dtype
         training = any(ctx.needs_input_grad[1:])
-        h, c, saved = be.step_rows_forward(spec, ax.numpy(), ah.numpy(), _zeros(ax.shape[1], dt),
-                                           _zeros(H, dt) if spec.has_recurrent_bias else None,
-                                           h0.numpy(), None if c0 is None else c0.numpy(),
-                                           training)
+        outs, saved, kept = cell_step(step, x, h0, c0, w_ih, w_hh, b_ih, b_hh, training)
         ctx.set_materialize_grads(False)
-        h = torch.from_numpy(h)
-        outs = (h,) if c is None else (h, torch.from_numpy(c))
         if training:
             ctx.step, ctx.saved = step, saved
             # x, h0 and the weights meet the gradients in backward; h' is saved so that
             # torch's version counter refuses a backward after an in-place change to it.
-            ctx.save_for_backward(x, h0, w_ih, w_hh, h)
+            ctx.save_for_backward(*kept, outs[0])
         return outs
 
     @staticmethod

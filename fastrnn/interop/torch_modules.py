@@ -44,7 +44,7 @@ from .. import backends as _backends
 from ..core.cells import get_cell
 from .convert import TORCH_MODES
 from .torch_bridge import resolve
-from .torch_function import CellStepFunction, RecurrentFunction, Run, WeightCache
+from .torch_function import CellStepFunction, RecurrentFunction, Run, WeightCache, cell_step
 
 __all__ = ["LSTM", "GRU", "RNN", "RNNBase", "RNNCellBase", "RNNCell", "GRUCell", "LSTMCell",
            "SAFE_GLOBALS"]
@@ -541,7 +541,12 @@ class RNNCellBase(nn.Module):
                 and x.dtype in (torch.float32, torch.float64)):
             # The CPU path: the step reads the parameters' memory as it is now (nothing
             # prepared, nothing to compare or go stale; see CellStepFunction).
-            out = CellStepFunction.apply((self._cell, be), x[0], *h0c0, *tensors[:4])
+            args = ((self._cell, be), x[0], *h0c0, *tensors[:4])
+            if torch.is_grad_enabled() and any(t is not None and t.requires_grad
+                                               for t in args[1:]):
+                out = CellStepFunction.apply(*args)
+            else:                             # no graph to record: no autograd Function
+                out = cell_step(*args)[0]
             return out if batched else tuple(t.squeeze(0) for t in out)
         weights = self._weight_cache.get(self._cell, be, bridge, tensors, _grads_flow(tensors),
                                          amp)
