@@ -102,11 +102,21 @@ class WordLanguageModel(nn.Module):
 TORCH_PARTS = [WordLanguageModel, nn.Embedding, nn.Linear]
 
 
+@pytest.fixture
+def no_global_allowlist():
+    """An empty process-wide allowlist for the test (other tests may have added to it)."""
+    kept = torch.serialization.get_safe_globals()
+    torch.serialization.clear_safe_globals()
+    yield
+    torch.serialization.clear_safe_globals()
+    torch.serialization.add_safe_globals(kept)
+
+
 @pytest.mark.parametrize("rnn", [lambda: frt.LSTM(4, 6, num_layers=2),
                                  lambda: frt.GRU(4, 6, bidirectional=False),
                                  lambda: frt.LSTM(4, 6, proj_size=2)],
                          ids=["lstm", "gru", "lstm_proj"])
-def test_whole_model_loads_with_weights_only(rnn):
+def test_whole_model_loads_with_weights_only(rnn, no_global_allowlist):
     torch.manual_seed(1)
     model = _scrambled(WordLanguageModel(rnn()))
     tokens = torch.randint(0, 20, (7, 3))
