@@ -157,13 +157,19 @@ def _run_forward(spec, be, x3, params, weights, h0, c0, lengths, reverse, traini
                          f"and 'lstmp'")
     else:
         c0c = None
-    lens = check_lengths(lengths, layout.T, B)
+    return _execute(spec, be, x3, params, weights, h0c, c0c, check_lengths(lengths, layout.T, B),
+                    reverse, training, layout, guard, params_mutable, tf32, x_place)
+
+
+def _execute(spec, be, x3, params, weights, h0, c0, lens, reverse, training, layout, guard,
+             params_mutable, tf32, x_place):
+    """The backend's forward on checked, canonical arrays; the tape; the caller's layout."""
     extra = {"tf32": True} if tf32 else {}          # backends registered by others may not take it
-    out = be.forward(spec, x3, weights, h0c, c0c, lens, reverse, training, **extra)
+    out = be.forward(spec, x3, weights, h0, c0, lens, reverse, training, **extra)
     tape = None
     h = out.h
     if training:
-        tape = Tape(spec, be, x3, params, weights, h0c, c0c, lens, reverse, out.saved, layout,
+        tape = Tape(spec, be, x3, params, weights, h0, c0, lens, reverse, out.saved, layout,
                     guard=guard, params_mutable=params_mutable, tf32=tf32, x_place=x_place)
         if isinstance(h, np.ndarray):
             h.flags.writeable = False
@@ -193,16 +199,8 @@ def forward_unchecked(spec, be, x, params, h0, c0, lengths=None, reverse=False,
         h0 = xp.zeros((B, layout.H), dtype=x.dtype)
     if spec.has_cell_state and c0 is None:
         c0 = xp.zeros((B, layout.C), dtype=x.dtype)
-    lens = check_lengths(lengths, T, B)
-    extra = {"tf32": True} if tf32 else {}
-    out = be.forward(spec, x, weights, h0, c0, lens, bool(reverse), bool(training), **extra)
-    tape = None
-    if training:
-        tape = Tape(spec, be, x, p, weights, h0, c0, lens, bool(reverse), out.saved, layout,
-                    guard=False, params_mutable=mutable, tf32=tf32)
-        if isinstance(out.h, np.ndarray):
-            out.h.flags.writeable = False
-    return ForwardResult(out.h, out.h_n, out.c_n, tape)
+    return _execute(spec, be, x, p, weights, h0, c0, check_lengths(lengths, T, B),
+                    bool(reverse), bool(training), layout, False, mutable, tf32, None)
 
 
 def backward_unchecked(tape, dh=None, dh_n=None, dc_n=None) -> Gradients:
@@ -216,10 +214,17 @@ def backward_unchecked(tape, dh=None, dh_n=None, dc_n=None) -> Gradients:
         dh_n = xp.ascontiguousarray(dh_n)
     if dc_n is not None:
         dc_n = xp.ascontiguousarray(dc_n)
+    return _execute_backward(tape, dh, dh_n, dc_n)
+
+
+def _execute_backward(tape, dh, dh_n, dc_n) -> Gradients:
+    """The backend's backward on checked, canonical upstream gradients; the caller's layout."""
     g = tape.backend.backward(tape.cell, tape.saved, tape.x, tape.weights, tape.h0, tape.c0,
                               tape.lengths, tape.reverse, dh, dh_n, dc_n,
                               **({"tf32": True} if tape.tf32 else {}))
-    return Gradients(g.dx, g.dh0, g.dc0, g.params)
+    lay = tape.layout
+    return Gradients(lay.seq_to_user(g.dx), lay.state_to_user(g.dh0),
+                     lay.state_to_user(g.dc0), g.params)
 
 
 def _check_grad(xp, name, a, shape, layout, what):
@@ -276,12 +281,9 @@ def backward(tape, dh=None, dh_n=None, dc_n=None, *, backend=None) -> Gradients:
                              f"for 'lstm' and 'lstmp'")
         dc_n = lay.state_from_user(xp, _check_grad(xp, "dc_n", dc_n, lay.state_shape(lay.C),
                                                    lay, "the shape of res.c_n"))
-    g = be.backward(tape.cell, tape.saved, tape.x, tape.weights, tape.h0, tape.c0,
-                    tape.lengths, tape.reverse, dh, dh_n, dc_n,
-                    **({"tf32": True} if tape.tf32 else {}))
+    grads = _execute_backward(tape, dh, dh_n, dc_n)
     verified()          # device arrays: the comparison ran before the backward's kernels
-    return Gradients(lay.seq_to_user(g.dx), lay.state_to_user(g.dh0),
-                     lay.state_to_user(g.dc0), g.params)
+    return grads
 
 
 # ------------------------------------------------------------------------------ readout

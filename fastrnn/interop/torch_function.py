@@ -231,9 +231,9 @@ def cell_step(step, x, h0, c0, w_ih, w_hh, b_ih, b_hh, training=False):
     # the pass adds no bias of its own (gru's n gate reads r * (h0 @ W_hn^T + b_hn)).
     ax = torch.mm(x, w_ih.t()) if b_ih is None else torch.addmm(b_ih.detach(), x, w_ih.t())
     ah = torch.mm(h0, w_hh.t()) if b_hh is None else torch.addmm(b_hh.detach(), h0, w_hh.t())
-    dt = ax.numpy().dtype
-    h, c, saved = be.step_rows_forward(spec, ax.numpy(), ah.numpy(), _zeros(ax.shape[1], dt),
-                                       _zeros(H, dt) if spec.has_recurrent_bias else None,
+    ax, ah = ax.numpy(), ah.numpy()
+    h, c, saved = be.step_rows_forward(spec, ax, ah, _zeros(ax.shape[1], ax.dtype),
+                                       _zeros(H, ax.dtype) if spec.has_recurrent_bias else None,
                                        h0.numpy(), None if c0 is None else c0.numpy(),
                                        training)
     h = torch.from_numpy(h)

@@ -22,14 +22,12 @@ from __future__ import annotations
 import llvmlite.binding as _llvm
 import numpy as np
 from llvmlite import ir
-import numba
 from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ...core import config
 from .math import JIT
-from .threads import parallel_allowed
+from .threads import threads_for
 
 MR = 4                                            # rows of a tile
 KC = 256                                          # depth of a block of B kept in cache
@@ -263,9 +261,8 @@ def matmul_packed(A: np.ndarray, Bp: np.ndarray, n: int) -> np.ndarray:
         A = Ap
     C = np.empty((Mp, P * nr), dtype=A.dtype)
     tiles = Mp // MR
-    threads = max(1, min(numba.get_num_threads(), tiles,
-                         max(1, int(2 * M * K * n // config.min_flops_per_thread))))
-    if threads == 1 or not parallel_allowed():
+    threads = threads_for(2 * M * K * n, tiles)
+    if threads == 1:
         _gemm_tiles(A, Bp, C, 0, tiles)
     else:
         _gemm_tiles_threaded(A, Bp, C, -(-tiles // threads))
@@ -317,9 +314,8 @@ def panel_matmul(Ap: np.ndarray, K: int, B: np.ndarray, Bp: np.ndarray | None = 
     C = np.empty((M, Bp.shape[0] * Bp.shape[2]), dtype=Ap.dtype)
     tiles = M // MR
     if tiles:
-        threads = max(1, min(numba.get_num_threads(), tiles,
-                             max(1, int(2 * M * K * N // config.min_flops_per_thread))))
-        if threads == 1 or not parallel_allowed():
+        threads = threads_for(2 * M * K * N, tiles)
+        if threads == 1:
             _panel_gemm_tiles(Ap, K, Bp, C, 0, tiles)
         else:
             _panel_gemm_tiles_threaded(Ap, K, Bp, C, -(-tiles // threads))

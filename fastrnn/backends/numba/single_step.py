@@ -2,19 +2,19 @@
 
 A sequence packs W and U into panels once and reads them T times (:mod:`.weights`). A
 single step reads each weight once, so packing would copy every weight to save nothing:
-a plain ``fastrnn.forward`` with T = 1 spent most of its time there, and a cell whose
-weights change between calls (training) would pack at every call. Here the two products
-``x @ W`` and ``h @ U`` are BLAS calls on the arrays as they come (any strides: torch's
-``weight_ih.T`` is read in place, no transposed copy), and one compiled pass applies the
-cell's pointwise step with the row functions of :mod:`.kernels`, so the step matches the
-same reference functions as the kernels do (``reference.lstm_step``, ``gru_step``,
-``rnn_step``).
+a plain ``fastrnn.forward`` with T = 1 spent most of its time there. Here the two products
+``x @ W`` and ``h @ U`` read the arrays as they come (:func:`.unpacked.product`: any
+strides, a transposed view read in place), and one compiled pass applies the cell's
+pointwise step with the row functions of :mod:`.kernels` (:func:`rows_forward`), so the
+step matches the same reference functions as the kernels do (``reference.lstm_step``,
+``gru_step``, ``rnn_step``).
 
 The backward is its mirror: one pass turns the output gradients into the gate gradients
-dG (B, G*H), then BLAS gives ``dh0 = dG @ U^T``, ``dx = dG @ W^T`` and the weight
-gradients as ``dG^T @ x`` (G*H, I): returned as their transposed views, so they have the
-(I, G*H) shape of ``params`` and torch's ``weight_ih`` layout in memory (``fastrnn.torch``
-hands them over without a copy).
+dG (B, G*H) (:func:`rows_backward`), then the products give ``dh0 = dG @ U^T``,
+``dx = dG @ W^T`` and the weight gradients as ``dG^T @ x`` (G*H, I), returned as their
+transposed views: the (I, G*H) shape of ``params`` in torch's memory layout.
+
+``fastrnn.torch``'s cells use the two pointwise passes alone, with torch's own products.
 
 Cells: rnn_tanh, rnn_relu, lstm, gru. lstmp and gru_reset_before take the sequence path.
 """
@@ -80,16 +80,6 @@ def gru_grad_rows(gates, hprev, dhc, dgx, w):
         gru_bwd_row(gates[b], hprev[b], dhc[b], dgx[b], w[b], H)
 
 
-# ------------------------------------------------------------------------- products
-
-def _grad_products(dG, dR, x0, h0, W, U):
-    """dh0 = dR @ U^T, dx = dG @ W^T and the weight gradients x0^T @ dG, h0^T @ dR as
-    transposed views of C-contiguous (G*H, I) and (G*H, H) arrays: torch's layout of its
-    weights. dG meets W, dR meets U (the same array but for gru)."""
-    return (product(dR, U.T), product(dG, W.T), product(dG.T, x0).T,
-            product(dR.T, h0).T)
-
-
 # --------------------------------------------------------------------------- passes
 
 def forward(cell, x, weights, h0, c0, training):
@@ -99,27 +89,20 @@ def forward(cell, x, weights, h0, c0, training):
     :func:`backward` reads (the tape of the step).
     """
     p = weights.params
-    x0 = x[0]
-    B, H = h0.shape
-    dt = x.dtype
-    ax, ah = product(x0, p["W"]), product(h0, p["U"])
-    out = np.empty((1, B, H), dtype=dt)
-    h = h0.copy()
-    # The keys and (T, B, .) shapes of the sequence kernels' tape (fastrnn.notebook reads it).
-    saved = {"single_step": True, "out": out, "hprev": h0[None]}
-    c = None
+    ax, ah = product(x[0], p["W"]), product(h0, p["U"])
+    h, c, step = rows_forward(cell, ax, ah, weights.b, weights.bn, h0, c0, training)
+    out = h[None]                        # read by the step's tape (rnn), so h_n is a copy
+    if not training:
+        return out, h.copy(), c, None
+    _, _, _, gates, tanhc, _ = step
+    # Beside the step, the keys and (T, B, .) shapes of the sequence kernels' tape
+    # (fastrnn.notebook reads them).
+    saved = {"single_step": True, "step": step, "out": out, "hprev": h0[None]}
+    if gates is not None:
+        saved["gates"] = gates[None]
     if cell.name == "lstm":
-        c = c0.copy()
-        gates, tanhc = np.empty((1, B, 4 * H), dt), np.empty((1, B, H), dt)
-        lstm_rows(ax, ah, weights.b, h, c, out[0], gates[0], tanhc[0])
-        saved.update(gates=gates, tanhc=tanhc, cprev=c0[None])
-    elif cell.name == "gru":
-        gates = np.empty((1, B, 4 * H), dt)
-        gru_rows(ax, ah, weights.b, weights.bn, h, out[0], gates[0])
-        saved.update(gates=gates)
-    else:
-        rnn_rows(ax, ah, weights.b, cell.nonlinearity == "relu", h, out[0])
-    return out, h, c, (saved if training else None)
+        saved.update(tanhc=tanhc[None], cprev=c0[None])
+    return out, h.copy(), c, saved
 
 
 def _sum_rows(a: np.ndarray) -> np.ndarray:
@@ -128,35 +111,24 @@ def _sum_rows(a: np.ndarray) -> np.ndarray:
 
 
 def backward(cell, saved, x, weights, h0, c0, dh, dh_n, dc_n):
-    """Gradients of one step (see :func:`forward`); returns (dx, dh0, dc0, params)."""
+    """Gradients of one step (see :func:`forward`); returns (dx, dh0, dc0, params).
+
+    The weight gradients are transposed views of C-contiguous (G*H, I) and (G*H, H)
+    arrays: torch's layout of its weights."""
     p = weights.params
     x0 = x[0]
-    B, H = h0.shape
-    dt = x.dtype
-    dhc = np.zeros((B, H), dtype=dt)
-    if dh is not None:
-        dhc += dh[0]
+    dh_total = None if dh is None else dh[0]
     if dh_n is not None:
-        dhc += dh_n
-    grads, dc0 = {}, None
-    if cell.name == "lstm":
-        dc0 = np.zeros((B, H), dtype=dt) if dc_n is None else np.array(dc_n, dtype=dt)
-        dG = np.empty((B, 4 * H), dt)
-        lstm_grad_rows(saved["gates"][0], c0, saved["tanhc"][0], dhc, dc0, dG)
-        dR = dG
-    elif cell.name == "gru":
-        dG, dR = np.empty((B, 3 * H), dt), np.empty((B, 3 * H), dt)
-        gru_grad_rows(saved["gates"][0], h0, dhc, dG, dR)  # dhc becomes the direct term z*dh
-        grads["bn"] = _sum_rows(dR[:, 2 * H:])
-    else:
-        dG = np.empty((B, H), dt)
-        rnn_grad_rows(saved["out"][0], cell.nonlinearity == "relu", dhc, dG)
-        dR = dG
-    dh0, dx, grads["W"], grads["U"] = _grad_products(dG, dR, x0, h0, p["W"], p["U"])
-    if cell.name == "gru":
-        dh0 += dhc
-    grads["b"] = _sum_rows(dG)
-    return dx[None], dh0, dc0, {k: grads[k] for k in cell.param_names}
+        dh_total = dh_n if dh_total is None else dh_total + dh_n
+    dG, dR, direct, dc0 = rows_backward(saved["step"], dh_total, dc_n)
+    grads = {"b": _sum_rows(dG), "W": product(dG.T, x0).T, "U": product(dR.T, h0).T}
+    if cell.has_recurrent_bias:
+        grads["bn"] = _sum_rows(dR[:, 2 * h0.shape[1]:])
+    dh0 = product(dR, p["U"].T)
+    if direct is not None:
+        dh0 += direct
+    dx = product(dG, p["W"].T)[None]
+    return dx, dh0, dc0, {k: grads[k] for k in cell.param_names}
 
 
 # ------------------------------------------------------------ the pointwise pass alone

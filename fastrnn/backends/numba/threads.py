@@ -27,7 +27,7 @@ import threading
 
 from ...core import config
 
-__all__ = ["start_pool", "parallel_allowed", "one_blas_thread"]
+__all__ = ["start_pool", "parallel_allowed", "threads_for", "one_blas_thread"]
 
 _forked_from_openmp = False
 _start_lock = threading.Lock()
@@ -98,6 +98,16 @@ class one_blas_thread:
 def parallel_allowed() -> bool:
     """False in the child of a fork made after numba's GNU OpenMP pool started."""
     return not _forked_from_openmp
+
+
+def threads_for(flops: float, units: int) -> int:
+    """Threads to split ``flops`` of work over ``units`` independent pieces: each gets at
+    least ``config.min_flops_per_thread`` (waking a thread costs more than a small piece);
+    1 where parallel work is off (after a fork, see :func:`parallel_allowed`)."""
+    if flops < 2 * config.min_flops_per_thread or not parallel_allowed():
+        return 1
+    import numba
+    return max(1, min(numba.get_num_threads(), units, int(flops // config.min_flops_per_thread)))
 
 
 def _after_fork_in_child() -> None:

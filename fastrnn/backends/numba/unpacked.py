@@ -19,14 +19,12 @@ every dtype and memory order. Results are C-contiguous (M, N) arrays.
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 from numba import njit, prange
 
-from ...core import config
 from .gemm import KC, MR, NR, NR_NARROW, tile, tile_narrow
 from .math import JIT
-from .threads import one_blas_thread, parallel_allowed
+from .threads import one_blas_thread, threads_for
 
 __all__ = ["product"]
 
@@ -89,13 +87,6 @@ def _broadcast_rows_threaded(bt, ldbt, N, K, at, w, P, d, ldd, size, narrow, per
                         min((ci + 1) * per_chunk, N))
 
 
-def _threads(flops: int, units: int) -> int:
-    if flops < 2 * config.min_flops_per_thread or not parallel_allowed():
-        return 1
-    return max(1, min(numba.get_num_threads(), units,
-                      int(flops // config.min_flops_per_thread)))
-
-
 def _address(a: np.ndarray) -> int:
     """The address of a[0, ...] (the array interface reads it without a ctypes object)."""
     return a.__array_interface__["data"][0]
@@ -150,7 +141,7 @@ def _product_rows(A, B):
         tail_addr, tmp_addr = _address(tail_b), _address(tmp)
     args = (_address(A), A.strides[0] // size, A.strides[1] // size, M, K, _address(B),
             B.strides[0] // size, full, tail_addr, _address(C), N, tmp_addr, size, nr)
-    threads = _threads(2 * M * N * K, panels)
+    threads = threads_for(2 * M * N * K, panels)
     if threads == 1:
         _rows_by_panels(*args, 0, panels)
     else:
@@ -177,7 +168,7 @@ def _product_columns(A, B):
     D = np.empty((N, P * w), dtype=dt)
     args = (_address(Bt), Bt.strides[0] // size, N, K, _address(at), w, P, _address(D),
             P * w, size, narrow)
-    threads = _threads(2 * N * P * w * K, -(-N // MR))
+    threads = threads_for(2 * N * P * w * K, -(-N // MR))
     if threads == 1:
         _broadcast_rows(*args, 0, N)
     else:
